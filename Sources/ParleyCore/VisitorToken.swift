@@ -1,0 +1,89 @@
+import Crypto
+import Foundation
+
+/// Signs and verifies visitor tokens: HMAC-SHA256 over the conversation id and expiry,
+/// with a key id so keys can rotate without logging visitors out.
+///
+/// Format: `pv1.<kid>.<conversation-uuid>.<expires-unix-seconds>.<base64url-mac>`.
+/// Any visitor gateway holding the keyring verifies a token without asking anyone, which is
+/// what lets a visitor resume on another node.
+public struct VisitorTokenSigner: Sendable {
+    public let currentKeyID: String
+    private let keys: [String: SymmetricKey]
+    public let lifetimeSeconds: Int64
+
+    /// - Parameters:
+    ///   - keys: every key still accepted, by key id; each at least 32 bytes.
+    ///   - currentKeyID: the key new tokens are signed with.
+    public init(keys: [String: [UInt8]], currentKeyID: String, lifetimeSeconds: Int64 = 7 * 24 * 3600) throws {
+        guard keys[currentKeyID] != nil else {
+            throw ParleyError(.invalidRequest, "the current visitor token key id \(currentKeyID) has no key")
+        }
+        for (kid, key) in keys {
+            guard key.count >= 32 else { throw ParleyError(.invalidRequest, "visitor token key \(kid) is shorter than 32 bytes") }
+            guard !kid.isEmpty, !kid.contains(".") else { throw ParleyError(.invalidRequest, "a key id must be non-empty and contain no dot") }
+        }
+        self.keys = keys.mapValues { SymmetricKey(data: $0) }
+        self.currentKeyID = currentKeyID
+        self.lifetimeSeconds = lifetimeSeconds
+    }
+
+    /// Parses `kid:base64key,kid2:base64key` (the `PARLEY_VISITOR_TOKEN_KEYS` format).
+    public static func parseKeys(_ spec: String) throws -> [String: [UInt8]] {
+        var keys: [String: [UInt8]] = [:]
+        for entry in spec.split(separator: ",") {
+            let parts = entry.split(separator: ":", maxSplits: 1)
+            guard parts.count == 2, let data = Data(base64Encoded: String(parts[1])) else {
+                throw ParleyError(.invalidRequest, "visitor token keys must look like kid:base64key[,kid:base64key]")
+            }
+            keys[String(parts[0])] = Array(data)
+        }
+        return keys
+    }
+
+    /// A token for one conversation, valid for `lifetimeSeconds` from `now`.
+    public func sign(conversationID: UUID, now: Date = Date()) -> String {
+        let expires = Int64(now.timeIntervalSince1970) + lifetimeSeconds
+        let body = "pv1.\(currentKeyID).\(conversationID.uuidString.lowercased()).\(expires)"
+        let mac = HMAC<SHA256>.authenticationCode(for: Data(body.utf8), using: keys[currentKeyID]!)
+        return body + "." + Base64URL.encode(Data(mac))
+    }
+
+    /// Checks a token for `conversationID`; throws `unauthorized` for anything else.
+    ///
+    /// The MAC comparison is constant-time; the error never says which part failed.
+    public func verify(_ token: String, conversationID: UUID, now: Date = Date()) throws {
+        let refused = ParleyError(.unauthorized, "the visitor token is missing, invalid or expired")
+        guard token.utf8.count <= 256 else { throw refused }
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 5, parts[0] == "pv1", let key = keys[String(parts[1])],
+            let expires = Int64(parts[3]), let mac = Base64URL.decode(String(parts[4]))
+        else { throw refused }
+        let body = parts[0..<4].joined(separator: ".")
+        guard HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: Data(body.utf8), using: key) else { throw refused }
+        guard UUID(uuidString: String(parts[2])) == conversationID, expires > Int64(now.timeIntervalSince1970) else { throw refused }
+    }
+}
+
+/// Base64url without padding (RFC 4648 §5).
+public enum Base64URL {
+    public static func encode(_ data: Data) -> String {
+        data.base64EncodedString()
+            .replacingOccurrences(of: "+", with: "-")
+            .replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+    }
+
+    public static func decode(_ string: String) -> Data? {
+        guard string.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else { return nil }
+        var s = string.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        while s.count % 4 != 0 { s += "=" }
+        return Data(base64Encoded: s)
+    }
+
+    /// `count` random bytes, base64url-encoded: session tokens and generated keys.
+    public static func random(bytes count: Int = 32) -> String {
+        var generator = SystemRandomNumberGenerator()
+        return encode(Data((0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }))
+    }
+}

@@ -1,0 +1,118 @@
+import Logging
+import Metrics
+import ParleyCore
+import ParleyStore
+import ServiceLifecycle
+import Synchronization
+
+/// Gathers messages that arrive close together and commits them in one transaction.
+///
+/// One batch is in flight at a time, so messages keep their arrival order within a
+/// conversation, and a sender that waits for each acknowledgement sees its messages stored in
+/// the order it sent them. While a batch commits, the next one fills up: under load batches
+/// grow by themselves; the optional window only helps a trickle of messages share an fsync.
+public final class GroupCommitter: Service, Sendable {
+    /// Storing a batch; a seam so that the batching logic is testable without PostgreSQL.
+    public typealias Commit = @Sendable ([AppendItem]) async throws -> [AppendOutcome]
+
+    private struct Pending {
+        var item: AppendItem
+        var continuation: CheckedContinuation<AppendOutcome, any Error>
+    }
+
+    private struct State {
+        var queue: [Pending] = []
+        var wakeup: CheckedContinuation<Void, Never>?
+        var stopped = false
+    }
+
+    private let state = Mutex(State())
+    private let commit: Commit
+    private let maxBatch: Int
+    private let window: Duration
+    private let logger: Logger
+    private let batchSize = Recorder(label: "parley_relay_commit_batch_size")
+    private let commitLatency = Timer(label: "parley_relay_commit_seconds")
+    private let committed = Counter(label: "parley_relay_messages_committed_total")
+
+    public init(maxBatch: Int = 256, window: Duration = .microseconds(500), logger: Logger, commit: @escaping Commit) {
+        self.commit = commit
+        self.maxBatch = maxBatch
+        self.window = window
+        self.logger = logger
+    }
+
+    /// Stores one message; returns after the transaction holding it has committed.
+    public func submit(_ item: AppendItem) async throws -> AppendOutcome {
+        try await withCheckedThrowingContinuation { continuation in
+            let (wakeup, refused): (CheckedContinuation<Void, Never>?, Bool) = state.withLock { state in
+                if state.stopped { return (nil, true) }
+                state.queue.append(Pending(item: item, continuation: continuation))
+                defer { state.wakeup = nil }
+                return (state.wakeup, false)
+            }
+            if refused {
+                continuation.resume(throwing: ParleyError(.unavailable, "the relay is shutting down"))
+            }
+            wakeup?.resume()
+        }
+    }
+
+    public func run() async throws {
+        await withGracefulShutdownHandler {
+            await self.loop()
+        } onGracefulShutdown: {
+            let wakeup = self.state.withLock { state -> CheckedContinuation<Void, Never>? in
+                state.stopped = true
+                defer { state.wakeup = nil }
+                return state.wakeup
+            }
+            wakeup?.resume()
+        }
+    }
+
+    private func loop() async {
+        while true {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { state -> Bool in
+                    if !state.queue.isEmpty || state.stopped { return true }
+                    state.wakeup = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+            if window > .zero {
+                let pending = state.withLock { $0.queue.count }
+                if pending < maxBatch { try? await Task.sleep(for: window) }
+            }
+            let (batch, stopped) = state.withLock { state -> ([Pending], Bool) in
+                let batch = Array(state.queue.prefix(maxBatch))
+                state.queue.removeFirst(batch.count)
+                return (batch, state.stopped)
+            }
+            if batch.isEmpty {
+                if stopped { return }
+                continue
+            }
+            await commitBatch(batch)
+        }
+    }
+
+    private func commitBatch(_ batch: [Pending]) async {
+        let start = ContinuousClock.now
+        do {
+            let outcomes = try await commit(batch.map(\.item))
+            commitLatency.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
+            batchSize.record(batch.count)
+            committed.increment(by: outcomes.reduce(0) { if case .stored = $1 { $0 + 1 } else { $0 } })
+            for (pending, outcome) in zip(batch, outcomes) { pending.continuation.resume(returning: outcome) }
+        } catch {
+            // Nothing of the batch is known to be stored: every sender retries with its client_msg_id,
+            // which returns the original seq if the commit did happen after all.
+            logger.warning("commit failed", metadata: ["parley.batch.size": "\(batch.count)", "parley.error": "\(String(reflecting: error).prefix(300))"])
+            for pending in batch {
+                pending.continuation.resume(throwing: ParleyError(.unavailable, "the message could not be stored; retry with the same client_msg_id"))
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import ParleyCore
+import ParleyRPC
+import ParleyRuntime
+import ParleyStore
+import PostgresNIO
+import ServiceLifecycle
+
+/// The relay's configuration, from flags and `PARLEY_` environment variables.
+public struct RelayConfiguration: Sendable {
+    public var nodeID: String
+    public var databaseURL: DatabaseURL
+    /// Where the gRPC server listens, and the address other nodes are told.
+    public var grpcListen: HostPort
+    public var grpcAdvertise: String
+    public var opsListen: HostPort
+    public var commitWindow: Duration
+    public var maxBatch: Int
+    public var logLevel: String?
+
+    public init(settings: Settings) throws {
+        nodeID = settings.string("node.id", default: "relay-1")
+        databaseURL = try DatabaseURL(try settings.required("database.url"))
+        grpcListen = try HostPort(settings.string("grpc.listen", default: "127.0.0.1:7100"))
+        grpcAdvertise = settings.optionalString("grpc.advertise") ?? grpcListen.description
+        opsListen = try HostPort(settings.string("ops.listen", default: "127.0.0.1:7101"))
+        commitWindow = .microseconds(try settings.int("commit.window.us", default: 500))
+        maxBatch = try settings.int("commit.max.batch", default: 256)
+        logLevel = settings.optionalString("log.level")
+    }
+}
+
+/// Builds the relay: PostgreSQL client, group committer, delivery dispatcher, gRPC server, ops listener.
+public enum RelayApp {
+    public static func serviceGroup(configuration: RelayConfiguration, logger: Logger) -> ServiceGroup {
+        ParleyMetrics.bootstrap()
+        let postgres = PostgresClient(configuration: configuration.databaseURL.clientConfiguration(maxConnections: 8), backgroundLogger: logger)
+        let events = EventStore(client: postgres, logger: logger)
+        let registry = Registry(client: postgres, logger: logger)
+        let committer = GroupCommitter(maxBatch: configuration.maxBatch, window: configuration.commitWindow, logger: logger) { items in
+            try await events.append(items)
+        }
+        let dispatcher = DeliveryDispatcher(resolve: { try await registry.internalAddress(of: $0) }, logger: logger)
+        let service = RelayService(events: events, registry: registry, committer: committer, dispatcher: dispatcher, logger: logger)
+        let server = GRPCServer(
+            transport: .http2NIOPosix(
+                address: .ipv4(host: configuration.grpcListen.host, port: configuration.grpcListen.port),
+                transportSecurity: .plaintext),
+            services: [service])
+        let health = NodeHealth()
+        health.set(.ready)
+        let ops = OpsServer.application(address: configuration.opsListen, health: health, nodeID: configuration.nodeID, role: "relay", logger: logger)
+        let heartbeat = RegistryHeartbeat(
+            registry: registry,
+            node: NodeRecord(
+                id: configuration.nodeID, role: NodeRole.relay.rawValue, zone: "internal", publicAddress: "",
+                internalAddress: configuration.grpcAdvertise, opsAddress: configuration.opsListen.description),
+            logger: logger)
+        // Shut down in reverse: stop taking RPCs first, then flush commits and deliveries, then the database.
+        return ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(service: postgres),
+                    .init(service: committer),
+                    .init(service: dispatcher),
+                    .init(service: heartbeat),
+                    .init(service: ops),
+                    .init(service: GRPCServerService(server)),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+    }
+}

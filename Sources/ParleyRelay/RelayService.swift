@@ -1,0 +1,151 @@
+import Foundation
+import GRPCCore
+import Logging
+import ParleyCore
+import ParleyRPC
+import ParleyStore
+
+/// The relay's gRPC service: validates, commits, then delivers.
+struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
+    let events: EventStore
+    let registry: Registry
+    let committer: GroupCommitter
+    let dispatcher: DeliveryDispatcher
+    let logger: Logger
+
+    func registerNode(request: Parley_V1_RegisterNodeRequest, context: ServerContext) async throws -> Parley_V1_RegisterNodeResponse {
+        try await RPCErrors.serving {
+            let node = request.node
+            guard !node.id.isEmpty, node.id.count <= 64, NodeRole(rawValue: node.role) == .visitorGateway else {
+                throw ParleyError(.invalidRequest, "only visitor gateways register through the relay, with an id of 1 to 64 characters")
+            }
+            let status: NodeStatus
+            if request.heartbeat {
+                status = try await registry.heartbeat(id: node.id, connections: node.connections)
+            } else {
+                status = try await registry.register(
+                    NodeRecord(
+                        id: node.id, role: node.role, zone: node.zone, publicAddress: node.publicAddress,
+                        internalAddress: node.internalAddress, opsAddress: node.opsAddress, connections: node.connections))
+            }
+            var response = Parley_V1_RegisterNodeResponse()
+            response.draining = status.draining
+            response.removed = status.removed
+            response.resyncConversationIds = dispatcher.takeResync(for: node.id).map { $0.uuidString.lowercased() }
+            return response
+        }
+    }
+
+    func startConversation(
+        request: Parley_V1_StartConversationRequest, context: ServerContext
+    ) async throws -> Parley_V1_StartConversationResponse {
+        try await RPCErrors.serving {
+            guard !request.nodeID.isEmpty else { throw ParleyError(.invalidRequest, "node_id is required") }
+            let name = try Validate.optionalField(request.visitorName, name: "name", maxLength: Limits.nameMaxLength)
+            let email = try Validate.email(request.visitorEmail)
+            let topic = try Validate.optionalField(request.topic, name: "topic", maxLength: Limits.topicMaxLength)
+            let (id, created) = try await events.startConversation(pinnedNode: request.nodeID, visitorName: name, visitorEmail: email, topic: topic)
+            var response = Parley_V1_StartConversationResponse()
+            response.conversationID = id.uuidString.lowercased()
+            response.lastSeq = 0
+            response.createdAtMs = created
+            return response
+        }
+    }
+
+    func appendMessage(request: Parley_V1_AppendMessageRequest, context: ServerContext) async throws -> Parley_V1_AppendMessageResponse {
+        try await RPCErrors.serving {
+            let conversation = try parseUUID(request.conversationID, "conversation_id")
+            guard let sender = Sender(rawValue: request.sender), sender != .system else {
+                throw ParleyError(.invalidRequest, "sender must be visitor or agent")
+            }
+            let agent: UUID? = sender == .agent ? try parseUUID(request.agentID, "agent_id") : nil
+            let item = AppendItem(
+                conversationID: conversation, sender: sender, clientMsgID: try Validate.clientMsgID(request.clientMsgID),
+                text: try Validate.text(request.text), agentID: agent)
+            var response = Parley_V1_AppendMessageResponse()
+            switch try await committer.submit(item) {
+            case .stored(let event, let node):
+                // The visitor's own gateway already has its message from this reply.
+                if let node, node != request.originNodeID {
+                    dispatcher.deliver(to: node, conversation: conversation, events: [event])
+                }
+                response.seq = event.seq
+                response.createdAtMs = event.createdAtMillis
+            case .duplicate(let seq, let created):
+                response.seq = seq
+                response.createdAtMs = created
+                response.duplicate = true
+            case .failed(let error):
+                throw error
+            }
+            return response
+        }
+    }
+
+    func resume(request: Parley_V1_ResumeRequest, context: ServerContext) async throws -> Parley_V1_ResumeResponse {
+        try await RPCErrors.serving {
+            let conversation = try parseUUID(request.conversationID, "conversation_id")
+            guard !request.nodeID.isEmpty else { throw ParleyError(.invalidRequest, "node_id is required") }
+            guard request.after >= 0 else { throw ParleyError(.invalidRequest, "after must not be negative") }
+            // Re-pin first, then read: anything committed after the read is delivered to the new pin.
+            if let previous = try await events.repin(conversationID: conversation, to: request.nodeID) {
+                dispatcher.evict(at: previous, conversation: conversation)
+                logger.info("conversation re-pinned", metadata: ["parley.conversation.id": "\(conversation)", "parley.target.node": "\(request.nodeID)"])
+            }
+            let page = try await events.events(conversationID: conversation, after: request.after, limit: Self.limit(request.limit), tail: true)
+            return Self.response(page)
+        }
+    }
+
+    func history(request: Parley_V1_HistoryRequest, context: ServerContext) async throws -> Parley_V1_ResumeResponse {
+        try await RPCErrors.serving {
+            let conversation = try parseUUID(request.conversationID, "conversation_id")
+            guard request.after >= 0 else { throw ParleyError(.invalidRequest, "after must not be negative") }
+            let page = try await events.events(conversationID: conversation, after: request.after, limit: Self.limit(request.limit), tail: false)
+            return Self.response(page)
+        }
+    }
+
+    func claim(request: Parley_V1_ClaimRequest, context: ServerContext) async throws -> Parley_V1_ClaimResponse {
+        try await RPCErrors.serving {
+            let written = try await events.claim(
+                conversationID: try parseUUID(request.conversationID, "conversation_id"), agentID: try parseUUID(request.agentID, "agent_id"))
+            deliver(written, request.conversationID)
+            var response = Parley_V1_ClaimResponse()
+            response.seq = written.event.seq
+            return response
+        }
+    }
+
+    func close(request: Parley_V1_CloseRequest, context: ServerContext) async throws -> Parley_V1_CloseResponse {
+        try await RPCErrors.serving {
+            let agent = request.agentID.isEmpty ? nil : try parseUUID(request.agentID, "agent_id")
+            let written = try await events.close(conversationID: try parseUUID(request.conversationID, "conversation_id"), agentID: agent)
+            deliver(written, request.conversationID)
+            var response = Parley_V1_CloseResponse()
+            response.seq = written.event.seq
+            return response
+        }
+    }
+
+    private func deliver(_ written: WrittenEvent, _ conversation: String) {
+        if let node = written.pinnedNode, let id = UUID(uuidString: conversation) {
+            dispatcher.deliver(to: node, conversation: id, events: [written.event])
+        }
+    }
+
+    static func limit(_ requested: Int32) -> Int {
+        requested <= 0 ? Limits.maxEventsPerRead : min(Int(requested), Limits.maxEventsPerRead)
+    }
+
+    static func response(_ page: EventPage) -> Parley_V1_ResumeResponse {
+        var response = Parley_V1_ResumeResponse()
+        response.events = page.events.map(Parley_V1_Event.init)
+        response.lastSeq = page.lastSeq
+        response.status = page.status
+        response.more = page.more
+        response.floor = page.floor
+        return response
+    }
+}

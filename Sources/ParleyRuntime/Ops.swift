@@ -1,0 +1,162 @@
+import Foundation
+import Hummingbird
+import Logging
+import Metrics
+import ParleyCore
+import Prometheus
+import Synchronization
+
+/// Whether a node takes new work: the state its `/health` reports to the load balancer.
+public final class NodeHealth: Sendable {
+    public enum State: String, Sendable {
+        case starting, ready, draining, stopping
+    }
+
+    private let state = Mutex(State.starting)
+
+    public init() {}
+
+    public var current: State { state.withLock { $0 } }
+
+    public func set(_ new: State) { state.withLock { $0 = new } }
+}
+
+/// The process-wide Prometheus registry, bootstrapped once.
+public enum ParleyMetrics {
+    public static let registry: PrometheusCollectorRegistry = {
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        return registry
+    }()
+
+    /// Call first thing in `main`, before any metric is created.
+    public static func bootstrap() { _ = registry }
+}
+
+/// The internal operations listener of every node: `/health` and `/metrics`.
+public enum OpsServer {
+    public static func application(
+        address: HostPort, health: NodeHealth, nodeID: String, role: String, logger: Logger
+    ) -> some ApplicationProtocol {
+        let router = Router()
+        router.get("/health") { _, _ -> Response in
+            let state = health.current
+            let status: HTTPResponse.Status = state == .ready ? .ok : .serviceUnavailable
+            let body = #"{"status":"\#(state.rawValue)","node_id":"\#(nodeID)","role":"\#(role)"}"#
+            return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
+        }
+        router.get("/metrics") { _, _ -> Response in
+            var buffer: [UInt8] = []
+            buffer.reserveCapacity(16 * 1024)
+            ParleyMetrics.registry.emit(into: &buffer)
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(bytes: buffer)))
+        }
+        var opsLogger = logger
+        opsLogger.logLevel = .warning
+        return Application(
+            router: router,
+            configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
+            logger: opsLogger)
+    }
+}
+
+/// Turns every error into `{"error": {"code", "message"}}` with a fitting status, never leaking internals.
+public struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    public init() {}
+
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as ParleyError {
+            return Self.response(error)
+        } catch let error as HTTPError {
+            let code: ParleyError.Code =
+                switch error.status {
+                case .notFound: .notFound
+                case .unauthorized: .unauthorized
+                case .contentTooLarge: .payloadTooLarge
+                case .methodNotAllowed: .init(wireValue: "method_not_allowed")
+                default: error.status.code < 500 ? .invalidRequest : .internalError
+                }
+            var response = Self.response(ParleyError(code, error.body ?? error.status.reasonPhrase))
+            response.status = error.status
+            return response
+        } catch is DecodingError {
+            return Self.response(ParleyError(.invalidRequest, "the request body is not the expected JSON"))
+        } catch {
+            context.logger.error("request failed", metadata: ["parley.error": "\(error)"])
+            return Self.response(ParleyError(.internalError, "internal error"))
+        }
+    }
+
+    public static func response(_ error: ParleyError) -> Response {
+        let body = (try? JSONEncoder().encode(["error": ["code": error.code.rawValue, "message": error.message]])) ?? Data()
+        return Response(
+            status: HTTPResponse.Status(code: error.httpStatus),
+            headers: [.contentType: "application/json", .cacheControl: "no-store"],
+            body: .init(byteBuffer: ByteBuffer(bytes: body)))
+    }
+}
+
+/// JSON request and response helpers with Parley's limits.
+public enum JSONBody {
+    public static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        return encoder
+    }()
+
+    /// Decodes a JSON body of at most `Limits.requestBodyMaxBytes`; an empty body decodes from `{}`.
+    public static func decode<T: Decodable>(_ type: T.Type, from request: Request) async throws -> T {
+        var request = request
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.collectBody(upTo: Limits.requestBodyMaxBytes)
+        } catch {
+            throw ParleyError(.payloadTooLarge, "the request body is larger than \(Limits.requestBodyMaxBytes) bytes")
+        }
+        let bytes = buffer.readableBytes == 0 ? Data("{}".utf8) : Data(buffer.readableBytesView)
+        do {
+            return try JSONDecoder().decode(T.self, from: bytes)
+        } catch {
+            throw ParleyError(.invalidRequest, "the request body is not the expected JSON object")
+        }
+    }
+
+    public static func response<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) throws -> Response {
+        var headers = headers
+        headers[.contentType] = "application/json"
+        headers[.cacheControl] = "no-store"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))
+    }
+}
+
+/// Security headers for HTML pages: a strict Content-Security-Policy and the usual hardening.
+public struct SecurityHeadersMiddleware<Context: RequestContext>: RouterMiddleware {
+    public init() {}
+
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var response = try await next(request, context)
+        response.headers[.contentSecurityPolicy] =
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+        response.headers[.xContentTypeOptions] = "nosniff"
+        response.headers[HTTPField.Name("Referrer-Policy")!] = "no-referrer"
+        response.headers[HTTPField.Name("X-Frame-Options")!] = "DENY"
+        return response
+    }
+}
+
+/// Sets up swift-log with the node id on every line.
+public enum ParleyLogging {
+    public static func logger(label: String, nodeID: String, level: String?) -> Logger {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level.flatMap(Logger.Level.init(rawValue:)) ?? .info
+            return handler
+        }
+        var logger = Logger(label: label)
+        logger[metadataKey: "parley.node.id"] = "\(nodeID)"
+        return logger
+    }
+}

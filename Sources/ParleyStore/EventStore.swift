@@ -1,0 +1,374 @@
+import Foundation
+import Logging
+import ParleyCore
+import PostgresNIO
+
+/// One message to store, as handed to the relay.
+public struct AppendItem: Sendable, Hashable {
+    public var conversationID: UUID
+    public var sender: Sender
+    public var clientMsgID: String
+    public var text: String
+    /// Required when `sender` is `.agent`: the agent must be the one the conversation is assigned to.
+    public var agentID: UUID?
+
+    public init(conversationID: UUID, sender: Sender, clientMsgID: String, text: String, agentID: UUID? = nil) {
+        self.conversationID = conversationID
+        self.sender = sender
+        self.clientMsgID = clientMsgID
+        self.text = text
+        self.agentID = agentID
+    }
+}
+
+/// What became of one `AppendItem`.
+public enum AppendOutcome: Sendable, Hashable {
+    /// Stored now, with the node the conversation is pinned to (where the relay delivers it).
+    case stored(ConversationEvent, pinnedNode: String?)
+    /// The same `client_msg_id` was stored before: its original sequence number and time.
+    case duplicate(seq: Int64, createdAtMillis: Int64)
+    case failed(ParleyError)
+}
+
+/// The result of writing a system event (claim, close): the event and where to deliver it.
+public struct WrittenEvent: Sendable, Hashable {
+    public var event: ConversationEvent
+    public var pinnedNode: String?
+}
+
+/// A page of a conversation's persisted events.
+public struct EventPage: Sendable, Hashable {
+    public var events: [ConversationEvent]
+    public var lastSeq: Int64
+    public var status: String
+    /// The cursor this page starts after.
+    public var floor: Int64
+    public var more: Bool
+}
+
+/// The relay's side of PostgreSQL: every write of conversation events, each committed before
+/// it is acknowledged, with sequence numbers assigned under the conversation's row lock.
+public struct EventStore: Sendable {
+    /// The NOTIFY channel agent gateways LISTEN on.
+    public static let notifyChannel = "parley_events"
+
+    let client: PostgresClient
+    let logger: Logger
+
+    public init(client: PostgresClient, logger: Logger) {
+        self.client = client
+        self.logger = logger
+    }
+
+    /// Creates a conversation pinned to `node`.
+    public func startConversation(
+        pinnedNode: String, visitorName: String, visitorEmail: String, topic: String
+    ) async throws -> (id: UUID, createdAtMillis: Int64) {
+        let id = UUID()
+        let rows = try await client.withTransaction(logger: logger) { tx in
+            let rows = try await tx.query(
+                """
+                INSERT INTO conversations (id, pinned_node, visitor_name, visitor_email, topic)
+                VALUES (\(id), \(pinnedNode), \(visitorName), \(visitorEmail), \(topic))
+                RETURNING (extract(epoch FROM created_at) * 1000)::int8
+                """, logger: logger)
+            var created: Int64 = 0
+            for try await millis in rows.decode(Int64.self) { created = millis }
+            try await tx.query("SELECT pg_notify(\(Self.notifyChannel), \("c \(id.uuidString.lowercased())"))", logger: logger)
+            return created
+        }
+        return (id, rows)
+    }
+
+    /// Stores a batch of messages in one transaction (group commit).
+    ///
+    /// Rows of the touched conversations are locked in id order, so concurrent relays never
+    /// deadlock and sequence numbers are handed out without gaps. Items that fail a check
+    /// (unknown conversation, closed, wrong agent) get `.failed` and do not abort the batch; a
+    /// database error throws, and then nothing of the batch was committed.
+    public func append(_ items: [AppendItem]) async throws -> [AppendOutcome] {
+        guard !items.isEmpty else { return [] }
+        let conversationIDs = Array(Set(items.map(\.conversationID))).sorted { $0.uuidString < $1.uuidString }
+        return try await client.withTransaction(logger: logger) { tx in
+            struct Conversation {
+                var lastSeq: Int64
+                var status: String
+                var assignedAgent: UUID?
+                var pinnedNode: String?
+                var firstNewSeq: Int64
+            }
+            var conversations: [UUID: Conversation] = [:]
+            let locked = try await tx.query(
+                """
+                SELECT id, last_seq, status, assigned_agent, pinned_node,
+                       (extract(epoch FROM now()) * 1000)::int8
+                FROM conversations WHERE id = ANY(\(conversationIDs)) ORDER BY id FOR UPDATE
+                """, logger: logger)
+            var now: Int64 = 0
+            for try await (id, lastSeq, status, agent, node, millis) in locked.decode((UUID, Int64, String, UUID?, String?, Int64).self) {
+                conversations[id] = Conversation(lastSeq: lastSeq, status: status, assignedAgent: agent, pinnedNode: node, firstNewSeq: lastSeq + 1)
+                now = millis
+            }
+
+            // Retries of messages already stored answer with their original seq.
+            struct Key: Hashable {
+                var conversation: UUID
+                var sender: String
+                var clientMsgID: String
+            }
+            var existing: [Key: (Int64, Int64)] = [:]
+            let candidates = items.filter { conversations[$0.conversationID] != nil }
+            if !candidates.isEmpty {
+                let found = try await tx.query(
+                    """
+                    SELECT e.conversation_id, e.sender, e.client_msg_id, e.seq, (extract(epoch FROM e.created_at) * 1000)::int8
+                    FROM events e
+                    JOIN unnest(\(candidates.map(\.conversationID)), \(candidates.map(\.sender.rawValue)), \(candidates.map(\.clientMsgID)))
+                      AS k(conversation_id, sender, client_msg_id)
+                      ON e.conversation_id = k.conversation_id AND e.sender = k.sender AND e.client_msg_id = k.client_msg_id
+                    """, logger: logger)
+                for try await (c, s, m, seq, created) in found.decode((UUID, String, String, Int64, Int64).self) {
+                    existing[Key(conversation: c, sender: s, clientMsgID: m)] = (seq, created)
+                }
+            }
+
+            var outcomes: [AppendOutcome] = []
+            outcomes.reserveCapacity(items.count)
+            var rows: (conv: [UUID], seq: [Int64], sender: [String], text: [String], msgID: [String], agent: [String]) = ([], [], [], [], [], [])
+            var agentNames: [UUID: String] = [:]
+            for item in items {
+                guard var conversation = conversations[item.conversationID] else {
+                    outcomes.append(.failed(ParleyError(.notFound, "no such conversation")))
+                    continue
+                }
+                let key = Key(conversation: item.conversationID, sender: item.sender.rawValue, clientMsgID: item.clientMsgID)
+                if let (seq, created) = existing[key] {
+                    outcomes.append(.duplicate(seq: seq, createdAtMillis: created))
+                    continue
+                }
+                if conversation.status == "closed" {
+                    outcomes.append(.failed(ParleyError(.conversationClosed, "the conversation is closed")))
+                    continue
+                }
+                if item.sender == .agent && (item.agentID == nil || item.agentID != conversation.assignedAgent) {
+                    outcomes.append(.failed(ParleyError(.notAssigned, "only the agent assigned to the conversation may write to it")))
+                    continue
+                }
+                conversation.lastSeq += 1
+                conversations[item.conversationID] = conversation
+                existing[key] = (conversation.lastSeq, now)
+                rows.conv.append(item.conversationID)
+                rows.seq.append(conversation.lastSeq)
+                rows.sender.append(item.sender.rawValue)
+                rows.text.append(item.text)
+                rows.msgID.append(item.clientMsgID)
+                rows.agent.append(item.agentID?.uuidString ?? "")
+                if let agent = item.agentID { agentNames[agent] = "" }
+                let event = ConversationEvent(
+                    seq: conversation.lastSeq, type: ConversationEvent.Kind.message, sender: item.sender,
+                    text: item.text, clientMsgID: item.clientMsgID, createdAtMillis: now,
+                    agent: item.agentID.map { AgentRef(id: $0.uuidString.lowercased(), name: "") })
+                outcomes.append(.stored(event, pinnedNode: conversation.pinnedNode))
+            }
+            guard !rows.conv.isEmpty else { return outcomes }
+
+            try await tx.query(
+                """
+                INSERT INTO events (conversation_id, seq, type, sender, text, client_msg_id, agent_id, created_at)
+                SELECT c, s, 'message', snd, txt, m, NULLIF(a, '')::uuid, now()
+                FROM unnest(\(rows.conv), \(rows.seq), \(rows.sender), \(rows.text), \(rows.msgID), \(rows.agent)) AS u(c, s, snd, txt, m, a)
+                """, logger: logger)
+
+            // One summary row per conversation: the last message of the batch.
+            var last: [UUID: Int] = [:]
+            for index in rows.conv.indices { last[rows.conv[index]] = index }
+            let summary = last.values.sorted()
+            try await tx.query(
+                """
+                UPDATE conversations c
+                SET last_seq = u.seq, last_message_text = u.txt, last_message_sender = u.snd, last_message_at = now(), updated_at = now()
+                FROM unnest(\(summary.map { rows.conv[$0] }), \(summary.map { rows.seq[$0] }), \(summary.map { rows.text[$0] }), \(summary.map { rows.sender[$0] }))
+                  AS u(id, seq, txt, snd)
+                WHERE c.id = u.id
+                """, logger: logger)
+
+            var notices: [String] = []
+            for index in summary {
+                let id = rows.conv[index]
+                notices.append("e \(id.uuidString.lowercased()) \(conversations[id]!.firstNewSeq) \(rows.seq[index])")
+            }
+            try await Self.notify(notices, on: tx, logger: logger)
+
+            if !agentNames.isEmpty {
+                let names = try await tx.query("SELECT id, name FROM agents WHERE id = ANY(\(Array(agentNames.keys)))", logger: logger)
+                for try await (id, name) in names.decode((UUID, String).self) { agentNames[id] = name }
+                outcomes = outcomes.map { outcome in
+                    guard case .stored(var event, let node) = outcome, let agent = event.agent,
+                        let id = UUID(uuidString: agent.id), let name = agentNames[id]
+                    else { return outcome }
+                    event.agent = AgentRef(id: agent.id, name: name)
+                    return .stored(event, pinnedNode: node)
+                }
+            }
+            return outcomes
+        }
+    }
+
+    /// NOTIFY payloads are capped at 8000 bytes by PostgreSQL: send lines in chunks.
+    static func notify(_ lines: [String], on connection: PostgresConnection, logger: Logger) async throws {
+        var chunk = ""
+        for line in lines {
+            if chunk.utf8.count + line.utf8.count + 1 > 7000 {
+                try await connection.query("SELECT pg_notify(\(notifyChannel), \(chunk))", logger: logger)
+                chunk = ""
+            }
+            chunk += chunk.isEmpty ? line : "\n" + line
+        }
+        if !chunk.isEmpty {
+            try await connection.query("SELECT pg_notify(\(notifyChannel), \(chunk))", logger: logger)
+        }
+    }
+
+    /// Assigns a queued conversation to an agent and appends an `agent_joined` event.
+    /// Exactly one concurrent caller wins; the others get `already_claimed`.
+    public func claim(conversationID: UUID, agentID: UUID) async throws -> WrittenEvent {
+        try await client.withTransaction(logger: logger) { tx in
+            let (status, lastSeq, node, _) = try await Self.lock(conversationID, on: tx, logger: logger)
+            guard status == "queued" else {
+                throw status == "closed"
+                    ? ParleyError(.conversationClosed, "the conversation is closed")
+                    : ParleyError(.alreadyClaimed, "another agent has already claimed this conversation")
+            }
+            var name: String?
+            for try await n in try await tx.query("SELECT name FROM agents WHERE id = \(agentID) AND NOT disabled", logger: logger).decode(String.self) {
+                name = n
+            }
+            guard let name else { throw ParleyError(.forbidden, "no such active agent") }
+            let event = try await Self.insertSystemEvent(
+                conversationID, seq: lastSeq + 1, type: ConversationEvent.Kind.agentJoined, sender: .system,
+                text: "\(name) joined the conversation", agent: AgentRef(id: agentID.uuidString.lowercased(), name: name), on: tx, logger: logger)
+            try await tx.query(
+                """
+                UPDATE conversations SET status = 'open', assigned_agent = \(agentID), claimed_at = now(), updated_at = now(),
+                       last_seq = \(event.seq)
+                WHERE id = \(conversationID)
+                """, logger: logger)
+            try await Self.notify(["e \(conversationID.uuidString.lowercased()) \(event.seq) \(event.seq)"], on: tx, logger: logger)
+            return WrittenEvent(event: event, pinnedNode: node)
+        }
+    }
+
+    /// Closes a conversation with a `closed` event. An agent may close a queued conversation or
+    /// one assigned to them; `agentID == nil` means the visitor closes it.
+    public func close(conversationID: UUID, agentID: UUID?) async throws -> WrittenEvent {
+        try await client.withTransaction(logger: logger) { tx in
+            let (status, lastSeq, node, assigned) = try await Self.lock(conversationID, on: tx, logger: logger)
+            guard status != "closed" else { throw ParleyError(.conversationClosed, "the conversation is already closed") }
+            var agent: AgentRef?
+            if let agentID {
+                if let assigned, assigned != agentID {
+                    throw ParleyError(.notAssigned, "only the agent assigned to the conversation may close it")
+                }
+                for try await name in try await tx.query("SELECT name FROM agents WHERE id = \(agentID)", logger: logger).decode(String.self) {
+                    agent = AgentRef(id: agentID.uuidString.lowercased(), name: name)
+                }
+            }
+            let text = agent.map { "\($0.name) closed the conversation" } ?? "The visitor closed the conversation"
+            let event = try await Self.insertSystemEvent(
+                conversationID, seq: lastSeq + 1, type: ConversationEvent.Kind.closed, sender: .system, text: text, agent: agent,
+                on: tx, logger: logger)
+            try await tx.query(
+                "UPDATE conversations SET status = 'closed', closed_at = now(), updated_at = now(), last_seq = \(event.seq) WHERE id = \(conversationID)",
+                logger: logger)
+            try await Self.notify(["e \(conversationID.uuidString.lowercased()) \(event.seq) \(event.seq)"], on: tx, logger: logger)
+            return WrittenEvent(event: event, pinnedNode: node)
+        }
+    }
+
+    private static func lock(
+        _ id: UUID, on tx: PostgresConnection, logger: Logger
+    ) async throws -> (status: String, lastSeq: Int64, node: String?, assigned: UUID?) {
+        let rows = try await tx.query(
+            "SELECT status, last_seq, pinned_node, assigned_agent FROM conversations WHERE id = \(id) FOR UPDATE", logger: logger)
+        for try await row in rows.decode((String, Int64, String?, UUID?).self) { return row }
+        throw ParleyError(.notFound, "no such conversation")
+    }
+
+    private static func insertSystemEvent(
+        _ conversationID: UUID, seq: Int64, type: String, sender: Sender, text: String, agent: AgentRef?,
+        on tx: PostgresConnection, logger: Logger
+    ) async throws -> ConversationEvent {
+        let rows = try await tx.query(
+            """
+            INSERT INTO events (conversation_id, seq, type, sender, text, agent_id)
+            VALUES (\(conversationID), \(seq), \(type), \(sender.rawValue), \(text), \(agent.flatMap { UUID(uuidString: $0.id) }))
+            RETURNING (extract(epoch FROM created_at) * 1000)::int8
+            """, logger: logger)
+        var created: Int64 = 0
+        for try await millis in rows.decode(Int64.self) { created = millis }
+        return ConversationEvent(seq: seq, type: type, sender: sender, text: text, clientMsgID: nil, createdAtMillis: created, agent: agent)
+    }
+
+    /// Pins the conversation to `node` and returns the previous pin (to evict it there).
+    public func repin(conversationID: UUID, to node: String) async throws -> String? {
+        let rows = try await client.query(
+            """
+            UPDATE conversations c SET pinned_node = \(node)
+            FROM (SELECT id, pinned_node FROM conversations WHERE id = \(conversationID) FOR UPDATE) old
+            WHERE c.id = old.id
+            RETURNING old.pinned_node
+            """, logger: logger)
+        var found = false
+        var previous: String?
+        for try await old in rows.decode(String?.self) {
+            found = true
+            previous = old
+        }
+        guard found else { throw ParleyError(.notFound, "no such conversation") }
+        return previous == node ? nil : previous
+    }
+
+    /// Events after `after`. With `tail`, a cursor far behind is moved up so that at most
+    /// `limit` of the newest events come back (the page's `floor` says where it starts).
+    public func events(conversationID: UUID, after: Int64, limit: Int, tail: Bool = false) async throws -> EventPage {
+        try await Self.events(client: client, logger: logger, conversationID: conversationID, after: after, limit: limit, tail: tail)
+    }
+
+    /// Shared by the relay and the agent gateway, which both read history.
+    public static func events(
+        client: PostgresClient, logger: Logger, conversationID: UUID, after: Int64, limit: Int, tail: Bool
+    ) async throws -> EventPage {
+        var status: String?
+        var lastSeq: Int64 = 0
+        for try await (s, l) in try await client.query("SELECT status, last_seq FROM conversations WHERE id = \(conversationID)", logger: logger)
+            .decode((String, Int64).self)
+        {
+            status = s
+            lastSeq = l
+        }
+        guard let status else { throw ParleyError(.notFound, "no such conversation") }
+        if after > lastSeq { throw ParleyError(.cursorAhead, "the cursor \(after) is beyond the last event \(lastSeq)") }
+        let floor = tail ? max(after, lastSeq - Int64(limit)) : after
+        let rows = try await client.query(
+            """
+            SELECT e.seq, e.type, e.sender, e.text, e.client_msg_id, (extract(epoch FROM e.created_at) * 1000)::int8, e.agent_id, a.name
+            FROM events e LEFT JOIN agents a ON a.id = e.agent_id
+            WHERE e.conversation_id = \(conversationID) AND e.seq > \(floor)
+            ORDER BY e.seq LIMIT \(limit + 1)
+            """, logger: logger)
+        var events: [ConversationEvent] = []
+        for try await (seq, type, sender, text, msgID, created, agentID, agentName) in rows.decode(
+            (Int64, String, String, String, String?, Int64, UUID?, String?).self)
+        {
+            events.append(
+                ConversationEvent(
+                    seq: seq, type: type, sender: Sender(rawValue: sender) ?? .system, text: text, clientMsgID: msgID,
+                    createdAtMillis: created, agent: agentID.map { AgentRef(id: $0.uuidString.lowercased(), name: agentName ?? "") }))
+        }
+        let more = events.count > limit
+        if more { events.removeLast() }
+        // Events committed between the two reads are returned too; the page's last_seq covers them.
+        if let newest = events.last?.seq, newest > lastSeq { lastSeq = newest }
+        return EventPage(events: events, lastSeq: lastSeq, status: status, floor: floor, more: more)
+    }
+}

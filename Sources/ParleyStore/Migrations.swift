@@ -1,0 +1,121 @@
+import Logging
+import PostgresNIO
+
+/// The schema, as an ordered list of migrations applied once each.
+public enum Migrations {
+    /// Each entry is one version; never edit a shipped one, append a new one.
+    public static let all: [(version: Int, name: String, sql: [String])] = [
+        (
+            1, "core schema",
+            [
+                """
+                CREATE TABLE nodes (
+                    id text PRIMARY KEY,
+                    role text NOT NULL CHECK (role IN ('visitor_gateway', 'agent_gateway', 'relay')),
+                    zone text NOT NULL,
+                    public_address text NOT NULL DEFAULT '',
+                    internal_address text NOT NULL DEFAULT '',
+                    ops_address text NOT NULL DEFAULT '',
+                    state text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'draining')),
+                    connections bigint NOT NULL DEFAULT 0,
+                    started_at timestamptz NOT NULL DEFAULT now(),
+                    last_seen timestamptz NOT NULL DEFAULT now()
+                )
+                """,
+                """
+                CREATE TABLE agents (
+                    id uuid PRIMARY KEY,
+                    email text NOT NULL,
+                    name text NOT NULL,
+                    password_hash text NOT NULL,
+                    role text NOT NULL DEFAULT 'agent' CHECK (role IN ('agent', 'supervisor', 'admin')),
+                    disabled boolean NOT NULL DEFAULT false,
+                    created_at timestamptz NOT NULL DEFAULT now()
+                )
+                """,
+                "CREATE UNIQUE INDEX agents_email ON agents (lower(email))",
+                """
+                CREATE TABLE agent_sessions (
+                    token_hash text PRIMARY KEY,
+                    agent_id uuid NOT NULL REFERENCES agents (id),
+                    created_at timestamptz NOT NULL DEFAULT now(),
+                    expires_at timestamptz NOT NULL
+                )
+                """,
+                """
+                CREATE TABLE conversations (
+                    id uuid PRIMARY KEY,
+                    status text NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'open', 'closed')),
+                    visitor_name text NOT NULL DEFAULT '',
+                    visitor_email text NOT NULL DEFAULT '',
+                    topic text NOT NULL DEFAULT '',
+                    pinned_node text,
+                    assigned_agent uuid REFERENCES agents (id),
+                    last_seq bigint NOT NULL DEFAULT 0,
+                    created_at timestamptz NOT NULL DEFAULT now(),
+                    updated_at timestamptz NOT NULL DEFAULT now(),
+                    claimed_at timestamptz,
+                    closed_at timestamptz,
+                    last_message_text text,
+                    last_message_sender text,
+                    last_message_at timestamptz
+                )
+                """,
+                "CREATE INDEX conversations_queue ON conversations (status, created_at)",
+                """
+                CREATE TABLE events (
+                    conversation_id uuid NOT NULL REFERENCES conversations (id),
+                    seq bigint NOT NULL CHECK (seq > 0),
+                    type text NOT NULL,
+                    sender text NOT NULL CHECK (sender IN ('visitor', 'agent', 'system')),
+                    text text NOT NULL DEFAULT '',
+                    client_msg_id text,
+                    agent_id uuid,
+                    created_at timestamptz NOT NULL DEFAULT now(),
+                    PRIMARY KEY (conversation_id, seq)
+                )
+                """,
+                // The idempotency key: one client_msg_id is stored once per conversation and sender.
+                """
+                CREATE UNIQUE INDEX events_client_msg_id ON events (conversation_id, sender, client_msg_id)
+                    WHERE client_msg_id IS NOT NULL
+                """,
+            ]
+        )
+    ]
+
+    /// Applies every migration not applied yet, each in its own transaction, under an advisory
+    /// lock so that concurrent migrators wait instead of racing. Returns the versions applied.
+    @discardableResult
+    public static func migrate(_ client: PostgresClient, logger: Logger) async throws -> [Int] {
+        try await client.withConnection { connection in
+            try await connection.query(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+                logger: logger)
+            try await connection.query("SELECT pg_advisory_lock(7243001)", logger: logger)
+            do {
+                var applied: Set<Int> = []
+                for try await version in try await connection.query("SELECT version FROM schema_migrations", logger: logger).decode(Int.self) {
+                    applied.insert(version)
+                }
+                var done: [Int] = []
+                for migration in all where !applied.contains(migration.version) {
+                    try await connection.withTransaction(logger: logger) { tx in
+                        for statement in migration.sql {
+                            try await tx.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                        }
+                        try await tx.query(
+                            "INSERT INTO schema_migrations (version, name) VALUES (\(migration.version), \(migration.name))", logger: logger)
+                    }
+                    logger.info("applied migration", metadata: ["parley.migration": "\(migration.version) \(migration.name)"])
+                    done.append(migration.version)
+                }
+                try await connection.query("SELECT pg_advisory_unlock(7243001)", logger: logger)
+                return done
+            } catch {
+                _ = try? await connection.query("SELECT pg_advisory_unlock(7243001)", logger: logger)
+                throw error
+            }
+        }
+    }
+}
