@@ -19,6 +19,7 @@ public struct ParleyError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let notAssigned = Code("not_assigned")
         public static let cursorAhead = Code("cursor_ahead")
         public static let payloadTooLarge = Code("payload_too_large")
+        public static let rateLimited = Code("rate_limited")
         public static let unavailable = Code("unavailable")
         public static let draining = Code("draining")
         public static let internalError = Code("internal")
@@ -43,6 +44,7 @@ public struct ParleyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .notFound: 404
         case .alreadyClaimed, .conversationClosed: 409
         case .payloadTooLarge: 413
+        case .rateLimited: 429
         case .unavailable, .draining: 503
         default: 500
         }

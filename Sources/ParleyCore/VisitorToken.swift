@@ -9,7 +9,7 @@ import Foundation
 /// what lets a visitor resume on another node.
 public struct VisitorTokenSigner: Sendable {
     public let currentKeyID: String
-    private let keys: [String: SymmetricKey]
+    private let keys: [String: [UInt8]]
     public let lifetimeSeconds: Int64
 
     /// - Parameters:
@@ -23,7 +23,7 @@ public struct VisitorTokenSigner: Sendable {
             guard key.count >= 32 else { throw ParleyError(.invalidRequest, "visitor token key \(kid) is shorter than 32 bytes") }
             guard !kid.isEmpty, !kid.contains(".") else { throw ParleyError(.invalidRequest, "a key id must be non-empty and contain no dot") }
         }
-        self.keys = keys.mapValues { SymmetricKey(data: $0) }
+        self.keys = keys
         self.currentKeyID = currentKeyID
         self.lifetimeSeconds = lifetimeSeconds
     }
@@ -45,7 +45,7 @@ public struct VisitorTokenSigner: Sendable {
     public func sign(conversationID: UUID, now: Date = Date()) -> String {
         let expires = Int64(now.timeIntervalSince1970) + lifetimeSeconds
         let body = "pv1.\(currentKeyID).\(conversationID.uuidString.lowercased()).\(expires)"
-        let mac = HMAC<SHA256>.authenticationCode(for: Data(body.utf8), using: keys[currentKeyID]!)
+        let mac = HMAC<SHA256>.authenticationCode(for: Data(body.utf8), using: SymmetricKey(data: keys[currentKeyID]!))
         return body + "." + Base64URL.encode(Data(mac))
     }
 
@@ -60,7 +60,7 @@ public struct VisitorTokenSigner: Sendable {
             let expires = Int64(parts[3]), let mac = Base64URL.decode(String(parts[4]))
         else { throw refused }
         let body = parts[0..<4].joined(separator: ".")
-        guard HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: Data(body.utf8), using: key) else { throw refused }
+        guard HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: Data(body.utf8), using: SymmetricKey(data: key)) else { throw refused }
         guard UUID(uuidString: String(parts[2])) == conversationID, expires > Int64(now.timeIntervalSince1970) else { throw refused }
     }
 }

@@ -35,7 +35,7 @@ public struct RegistryHeartbeat: Service {
             } catch {
                 logger.warning("registry heartbeat failed", metadata: ["parley.error": "\(String(describing: error).prefix(200))"])
             }
-            try? await Task.sleep(for: interval).cancelOnGracefulShutdown()
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
         }
     }
 }

@@ -1,1 +1,9 @@
-print("x")
+import ParleyRuntime
+import ParleyVisitorGateway
+
+// parley-visitor-gateway: the edge node visitors are pinned to. Settings: see `VisitorGatewayConfiguration`.
+await Entrypoint.run {
+    let configuration = try VisitorGatewayConfiguration(settings: Settings())
+    let logger = ParleyLogging.logger(label: "parley.visitor-gateway", nodeID: configuration.nodeID, level: configuration.logLevel)
+    try await VisitorGatewayApp.serviceGroup(configuration: configuration, logger: logger).run()
+}

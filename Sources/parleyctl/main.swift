@@ -1,1 +1,3 @@
-print("x")
+import ParleyAdmin
+
+await Parleyctl.main()

@@ -1,0 +1,261 @@
+import ArgumentParser
+import Foundation
+import HummingbirdBcrypt
+import Logging
+import ParleyCore
+import ParleyStore
+import PostgresNIO
+
+/// `parleyctl`: the administrators' command line.
+public struct Parleyctl: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "parleyctl",
+        abstract: "Administer a Parley cluster: database, node registry, agents, load balancer.",
+        subcommands: [DB.self, Nodes.self, Agents.self, LB.self])
+
+    public init() {}
+}
+
+/// Options every database-touching command shares.
+struct DatabaseOptions: ParsableArguments {
+    @Option(name: .customLong("database-url"), help: "postgres://user:password@host:port/database (default: $PARLEY_DATABASE_URL)")
+    var databaseURL: String?
+
+    @Flag(name: .customLong("json"), help: "Print JSON instead of a table.")
+    var json = false
+
+    /// Runs `body` with a connected client, then shuts it down.
+    func withClient<T: Sendable>(_ body: @Sendable (PostgresClient, Logger) async throws -> T) async throws -> T {
+        guard let raw = databaseURL ?? ProcessInfo.processInfo.environment["PARLEY_DATABASE_URL"], !raw.isEmpty else {
+            throw CLIError("no database: pass --database-url or set PARLEY_DATABASE_URL")
+        }
+        let url: DatabaseURL
+        do { url = try DatabaseURL(raw) } catch let error as ParleyError { throw CLIError(error.message) }
+        var logger = Logger(label: "parleyctl")
+        logger.logLevel = .error
+        let client = PostgresClient(configuration: url.clientConfiguration(maxConnections: 2), backgroundLogger: logger)
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask {
+                await client.run()
+                return nil
+            }
+            defer { group.cancelAll() }
+            do {
+                return try await body(client, logger)
+            } catch let error as PSQLError {
+                throw CLIError("database error: \(error.serverInfo?[.message] ?? "cannot reach \(url.host):\(url.port) (\(error.code))")")
+            } catch let error as ParleyError {
+                throw CLIError(error.message)
+            }
+        }
+    }
+}
+
+/// A failure to report as one line and a non-zero exit.
+struct CLIError: Error, CustomStringConvertible {
+    var description: String
+    init(_ message: String) { description = message }
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+/// A plain, aligned text table.
+func printTable(_ header: [String], _ rows: [[String]]) {
+    let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
+    func line(_ cells: [String]) -> String {
+        zip(cells, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+            .trimmingCharacters(in: .whitespaces)
+    }
+    print(line(header))
+    for row in rows { print(line(row)) }
+}
+
+struct DB: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "db", abstract: "Database schema.", subcommands: [Migrate.self])
+
+    struct Migrate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Apply every pending migration (safe to run concurrently and repeatedly).")
+        @OptionGroup var database: DatabaseOptions
+
+        func run() async throws {
+            let applied = try await database.withClient { client, logger in try await Migrations.migrate(client, logger: logger) }
+            print(applied.isEmpty ? "schema is up to date" : "applied migrations: \(applied.map(String.init).joined(separator: ", "))")
+        }
+    }
+}
+
+struct Nodes: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nodes", abstract: "The node registry.", subcommands: [List.self, Show.self, Drain.self, Undrain.self, Remove.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List every registered node.")
+        @OptionGroup var database: DatabaseOptions
+
+        func run() async throws {
+            let nodes = try await database.withClient { client, logger in try await Registry(client: client, logger: logger).list() }
+            if database.json { return try printJSON(["nodes": nodes]) }
+            printTable(
+                ["ID", "ROLE", "ZONE", "STATE", "HEALTH", "CONNS", "PUBLIC", "INTERNAL", "LAST SEEN"],
+                nodes.map {
+                    [$0.id, $0.role, $0.zone, $0.state, $0.health, "\($0.connections)", $0.publicAddress, $0.internalAddress, "\($0.secondsSinceSeen)s ago"]
+                })
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one node.")
+        @OptionGroup var database: DatabaseOptions
+        @Argument(help: "The node id.") var id: String
+
+        func run() async throws {
+            let id = self.id
+            guard let node = try await database.withClient({ client, logger in try await Registry(client: client, logger: logger).node(id: id) }) else {
+                throw CLIError("no node with id \(id)")
+            }
+            if database.json { return try printJSON(node) }
+            for (key, value) in [
+                ("id", node.id), ("role", node.role), ("zone", node.zone), ("state", node.state), ("health", node.health),
+                ("connections", "\(node.connections)"), ("public_address", node.publicAddress), ("internal_address", node.internalAddress),
+                ("ops_address", node.opsAddress), ("started_at", node.startedAt), ("last_seen", node.lastSeen),
+            ] {
+                print("\(key.padding(toLength: 17, withPad: " ", startingAt: 0))\(value)")
+            }
+        }
+    }
+
+    struct Drain: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Drain a node: it fails its health check, takes no new visitors, and asks its visitors to move.")
+        @OptionGroup var database: DatabaseOptions
+        @Argument(help: "The node id.") var id: String
+
+        func run() async throws {
+            let id = self.id
+            guard try await database.withClient({ client, logger in try await Registry(client: client, logger: logger).setState(id: id, draining: true) }) else {
+                throw CLIError("no node with id \(id)")
+            }
+            print("node \(id) is draining")
+        }
+    }
+
+    struct Undrain: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Return a drained node to service.")
+        @OptionGroup var database: DatabaseOptions
+        @Argument(help: "The node id.") var id: String
+
+        func run() async throws {
+            let id = self.id
+            guard try await database.withClient({ client, logger in try await Registry(client: client, logger: logger).setState(id: id, draining: false) }) else {
+                throw CLIError("no node with id \(id)")
+            }
+            print("node \(id) is active")
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Remove a node from the registry; if it still runs, it stops taking visitors on its next heartbeat.")
+        @OptionGroup var database: DatabaseOptions
+        @Argument(help: "The node id.") var id: String
+
+        func run() async throws {
+            let id = self.id
+            guard try await database.withClient({ client, logger in try await Registry(client: client, logger: logger).remove(id: id) }) else {
+                throw CLIError("no node with id \(id)")
+            }
+            print("node \(id) removed")
+        }
+    }
+}
+
+struct Agents: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agents", abstract: "Agent accounts.", subcommands: [Add.self, List.self, Disable.self])
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Add an agent (or, with --update, reset an existing one).")
+        @OptionGroup var database: DatabaseOptions
+        @Option(help: "Login email.") var email: String
+        @Option(help: "Display name shown to visitors.") var name: String
+        @Option(help: "agent, supervisor or admin.") var role: String = "agent"
+        @Option(help: "The password (prefer --password-stdin).") var password: String?
+        @Flag(name: .customLong("password-stdin"), help: "Read the password from standard input.") var passwordStdin = false
+        @Flag(help: "Update the agent if the email exists.") var update = false
+
+        func validate() throws {
+            guard AgentStore.roles.contains(role) else { throw ValidationError("--role must be agent, supervisor or admin") }
+            guard (try? Validate.email(email)) != nil, !email.isEmpty else { throw ValidationError("--email is not an email address") }
+            guard !name.isEmpty, name.count <= Limits.nameMaxLength else { throw ValidationError("--name must be 1 to 100 characters") }
+            guard password != nil || passwordStdin else { throw ValidationError("give --password or --password-stdin") }
+        }
+
+        func run() async throws {
+            let secret = passwordStdin ? (readLine(strippingNewline: true) ?? "") : (password ?? "")
+            guard (8...72).contains(secret.utf8.count) else { throw CLIError("the password must be 8 to 72 bytes") }
+            let hash = Bcrypt.hash(secret, cost: 10)
+            let (email, name, role, update) = (self.email, self.name, self.role, self.update)
+            let agent = try await database.withClient { client, logger in
+                try await AgentStore(client: client, logger: logger).add(email: email, name: name, role: role, passwordHash: hash, replace: update)
+            }
+            if database.json { return try printJSON(agent) }
+            print("agent \(agent.email) (\(agent.role)) id \(agent.id.uuidString.lowercased())")
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List agents.")
+        @OptionGroup var database: DatabaseOptions
+
+        func run() async throws {
+            let agents = try await database.withClient { client, logger in try await AgentStore(client: client, logger: logger).list() }
+            if database.json { return try printJSON(["agents": agents]) }
+            printTable(
+                ["EMAIL", "NAME", "ROLE", "STATUS", "ID"],
+                agents.map { [$0.email, $0.name, $0.role, $0.disabled ? "disabled" : "active", $0.id.uuidString.lowercased()] })
+        }
+    }
+
+    struct Disable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Disable an agent and end their sessions.")
+        @OptionGroup var database: DatabaseOptions
+        @Argument(help: "The agent's email.") var email: String
+
+        func run() async throws {
+            let email = self.email
+            guard try await database.withClient({ client, logger in try await AgentStore(client: client, logger: logger).disable(email: email) }) else {
+                throw CLIError("no agent with email \(email)")
+            }
+            print("agent \(email) disabled")
+        }
+    }
+}
+
+struct LB: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "lb", abstract: "Load balancer configuration.", subcommands: [HAProxy.self])
+
+    struct HAProxy: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "haproxy", abstract: "Render an HAProxy configuration for the registered visitor gateways.")
+        @OptionGroup var database: DatabaseOptions
+        @Option(help: "Where HAProxy listens for visitors.") var bind: String = "*:8080"
+        @Option(help: "Write to this file instead of standard output.") var output: String?
+
+        func run() async throws {
+            let nodes = try await database.withClient { client, logger in try await Registry(client: client, logger: logger).list() }
+            let gateways = nodes.filter { $0.role == NodeRole.visitorGateway.rawValue }
+            guard !gateways.isEmpty else { throw CLIError("no visitor gateway is registered yet") }
+            let config = try HAProxyConfig.render(bind: bind, gateways: gateways)
+            if let output {
+                try config.write(toFile: output, atomically: true, encoding: .utf8)
+                print("wrote \(output) with \(gateways.count) visitor gateways")
+            } else {
+                print(config, terminator: "")
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+import Foundation
+import Logging
+import ParleyCore
+import ParleyRuntime
+import ParleyStore
+import PostgresNIO
+import ServiceLifecycle
+import Synchronization
+
+/// Everything that happens in the cluster, for connected agents: LISTENs to the relay's
+/// NOTIFY channel, reads the new events from PostgreSQL, and fans them out to every agent
+/// WebSocket of this gateway.
+///
+/// After (re)connecting the LISTEN it sends `resync`, since notifications sent while it was
+/// away are not replayed: consoles then reload from their cursors.
+final class AgentFeed: Service, Sendable {
+    private struct State {
+        var nextID: UInt64 = 0
+        var subscribers: [UInt64: AsyncStream<String>.Continuation] = [:]
+    }
+
+    private let state = Mutex(State())
+    private let client: PostgresClient
+    private let queries: ConversationQueries
+    private let logger: Logger
+
+    init(client: PostgresClient, logger: Logger) {
+        self.client = client
+        self.queries = ConversationQueries(client: client, logger: logger)
+        self.logger = logger
+    }
+
+    /// A stream of JSON frames for one agent socket; ends when `unsubscribe` is called.
+    func subscribe() -> (UInt64, AsyncStream<String>) {
+        // Agents are few; a console too slow for 10,000 frames has its oldest dropped and resyncs.
+        let (stream, continuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(10_000))
+        let id = state.withLock { state -> UInt64 in
+            state.nextID += 1
+            state.subscribers[state.nextID] = continuation
+            return state.nextID
+        }
+        return (id, stream)
+    }
+
+    func unsubscribe(_ id: UInt64) {
+        state.withLock { $0.subscribers.removeValue(forKey: id) }?.finish()
+    }
+
+    private func broadcast(_ frame: String) {
+        for continuation in state.withLock({ Array($0.subscribers.values) }) { continuation.yield(frame) }
+    }
+
+    func run() async throws {
+        var backoff = Duration.milliseconds(200)
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            let attempt = ContinuousClock.now
+            do {
+                try await cancelWhenGracefulShutdown {
+                    try await self.client.withConnection { connection in
+                        try await connection.listen(on: EventStore.notifyChannel) { notifications in
+                            self.logger.info("listening for cluster events")
+                            self.broadcast(#"{"type":"resync"}"#)
+                            for try await notification in notifications {
+                                await self.handle(notification.payload)
+                            }
+                        }
+                    }
+                }
+            } catch {
+                if Task.isShuttingDownGracefully || Task.isCancelled { break }
+                // A LISTEN that held for a while was healthy: start the backoff over.
+                if ContinuousClock.now - attempt > .seconds(10) { backoff = .milliseconds(200) }
+                logger.warning("event feed lost its LISTEN; reconnecting", metadata: ["parley.error": "\(String(describing: error).prefix(200))"])
+                try? await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(5))
+            }
+        }
+        for continuation in state.withLock({ Array($0.subscribers.values) }) { continuation.finish() }
+    }
+
+    private func handle(_ payload: String) async {
+        for line in payload.split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            guard parts.count >= 2, let id = UUID(uuidString: String(parts[1])) else { continue }
+            do {
+                switch parts[0] {
+                case "c":
+                    try await sendSummary(id)
+                case "e" where parts.count == 4:
+                    guard let from = Int64(parts[2]), let to = Int64(parts[3]), from <= to else { continue }
+                    let page = try await queries.events(conversationID: id, after: from - 1, limit: Int(min(to - from + 1, 500)))
+                    var changed = false
+                    for event in page.events where event.seq <= to {
+                        let json = String(decoding: try JSONBody.encoder.encode(event), as: UTF8.self)
+                        broadcast(#"{"type":"event","conversation_id":"\#(id.uuidString.lowercased())","event":\#(json)}"#)
+                        changed = true
+                    }
+                    if changed { try await sendSummary(id) }
+                default:
+                    continue
+                }
+            } catch {
+                logger.warning("could not read a notified change", metadata: ["parley.conversation.id": "\(id)", "parley.error": "\(error)"])
+            }
+        }
+    }
+
+    private func sendSummary(_ id: UUID) async throws {
+        guard let summary = try await queries.summary(id: id) else { return }
+        let json = String(decoding: try JSONBody.encoder.encode(summary), as: UTF8.self)
+        broadcast(#"{"type":"conversation","conversation":\#(json)}"#)
+    }
+}

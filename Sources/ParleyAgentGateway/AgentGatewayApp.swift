@@ -1,0 +1,80 @@
+import Foundation
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
+import ParleyCore
+import ParleyRPC
+import ParleyRuntime
+import ParleyStore
+import PostgresNIO
+import ServiceLifecycle
+
+/// The agent gateway's configuration, from flags and `PARLEY_` environment variables.
+public struct AgentGatewayConfiguration: Sendable {
+    public var nodeID: String
+    public var httpListen: HostPort
+    public var opsListen: HostPort
+    public var relayAddress: String
+    public var databaseURL: DatabaseURL
+    public var secureCookies: Bool
+    public var webRoot: String?
+    public var logLevel: String?
+
+    public init(settings: Settings) throws {
+        nodeID = settings.string("node.id", default: "ag-1")
+        httpListen = try HostPort(settings.string("http.listen", default: "127.0.0.1:8090"))
+        opsListen = try HostPort(settings.string("ops.listen", default: "127.0.0.1:7302"))
+        relayAddress = settings.string("relay.address", default: "127.0.0.1:7100")
+        databaseURL = try DatabaseURL(try settings.required("database.url"))
+        secureCookies = settings.string("secure.cookies", default: "false") == "true"
+        webRoot = settings.optionalString("web.root")
+        logLevel = settings.optionalString("log.level")
+    }
+}
+
+/// Builds an agent gateway: agent API and console, the cluster event feed, ops.
+public enum AgentGatewayApp {
+    public static func serviceGroup(configuration: AgentGatewayConfiguration, logger: Logger) throws -> ServiceGroup {
+        ParleyMetrics.bootstrap()
+        let postgres = PostgresClient(configuration: configuration.databaseURL.clientConfiguration(maxConnections: 8), backgroundLogger: logger)
+        let relay = try RelayLink(address: configuration.relayAddress)
+        let feed = AgentFeed(client: postgres, logger: logger)
+        let api = AgentAPI(
+            agents: AgentStore(client: postgres, logger: logger), queries: ConversationQueries(client: postgres, logger: logger),
+            relay: relay, feed: feed, secureCookies: configuration.secureCookies)
+        let router = Router(context: BasicWebSocketRequestContext.self)
+        router.add(middleware: JSONErrorMiddleware())
+        router.add(middleware: SecurityHeadersMiddleware())
+        let webRoot = configuration.webRoot ?? Bundle.module.resourceURL!.appendingPathComponent("Public").path
+        router.add(middleware: FileMiddleware(webRoot, searchForIndexHtml: true, logger: logger))
+        api.register(on: router)
+        let app = Application(
+            router: router,
+            server: .http1WebSocketUpgrade(webSocketRouter: router, configuration: .init(maxFrameSize: 16 * 1024)),
+            configuration: .init(address: .hostname(configuration.httpListen.host, port: configuration.httpListen.port), serverName: nil),
+            logger: logger)
+        let health = NodeHealth()
+        health.set(.ready)
+        let ops = OpsServer.application(
+            address: configuration.opsListen, health: health, nodeID: configuration.nodeID, role: "agent_gateway", logger: logger)
+        let heartbeat = RegistryHeartbeat(
+            registry: Registry(client: postgres, logger: logger),
+            node: NodeRecord(
+                id: configuration.nodeID, role: NodeRole.agentGateway.rawValue, zone: "internal",
+                publicAddress: configuration.httpListen.description, internalAddress: "", opsAddress: configuration.opsListen.description),
+            logger: logger,
+            onStatus: { status in health.set(status.draining || status.removed ? .draining : .ready) })
+        return ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(service: postgres),
+                    .init(service: GRPCClientService(relay.grpc)),
+                    .init(service: feed),
+                    .init(service: heartbeat),
+                    .init(service: ops),
+                    .init(service: app),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+    }
+}

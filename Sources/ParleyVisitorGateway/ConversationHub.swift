@@ -1,0 +1,113 @@
+import Foundation
+import Logging
+import Metrics
+import ParleyCore
+import ParleyRPC
+import ServiceLifecycle
+import Synchronization
+
+/// The conversations pinned to this node, in memory.
+///
+/// A conversation not in memory (new node after a failover, restart, idle eviction) is loaded
+/// through the relay's `Resume`, which also re-pins it here. Events that would leave a gap are
+/// never shown: the hub fetches the missing ones from the relay first.
+package final class ConversationHub: Service, Sendable {
+    private let logs = Mutex<[UUID: ConversationLog]>([:])
+    private let relay: RelayLink
+    private let nodeID: String
+    private let capacity: Int
+    private let idleAfter: Duration
+    private let logger: Logger
+    private let inMemory = Gauge(label: "parley_gateway_conversations_in_memory")
+
+    package init(relay: RelayLink, nodeID: String, capacity: Int, idleAfter: Duration = .seconds(600), logger: Logger) {
+        self.relay = relay
+        self.nodeID = nodeID
+        self.capacity = capacity
+        self.idleAfter = idleAfter
+        self.logger = logger
+    }
+
+    package func existing(_ id: UUID) -> ConversationLog? {
+        logs.withLock { $0[id] }
+    }
+
+    /// Registers a conversation this node just started.
+    package func started(_ id: UUID) -> ConversationLog {
+        let log = ConversationLog(floor: 0, capacity: capacity)
+        logs.withLock { $0[id] = log }
+        return log
+    }
+
+    /// The conversation's log, resuming it through the relay if this node does not hold it.
+    package func open(_ id: UUID, cursor: Int64) async throws -> ConversationLog {
+        if let log = existing(id), log.read(after: log.lastSeq) != .moved { return log }
+        let page = try await relay.resume(conversation: id, node: nodeID, after: cursor)
+        let log = ConversationLog(floor: page.floor, events: page.events.map(\.domain), capacity: capacity)
+        let kept = logs.withLock { logs -> ConversationLog in
+            if let current = logs[id], current.read(after: current.lastSeq) != .moved { return current }
+            logs[id] = log
+            return log
+        }
+        inMemory.record(count)
+        if kept === log { await fill(id, log) }
+        return kept
+    }
+
+    /// Drops a conversation and wakes its readers so they reload it.
+    package func evict(_ id: UUID) {
+        let log = logs.withLock { $0.removeValue(forKey: id) }
+        log?.markMoved()
+    }
+
+    /// Applies events delivered by the relay; fetches what is missing on a gap.
+    package func delivered(_ id: UUID, events: [ConversationEvent]) async {
+        guard let log = existing(id) else { return }
+        if case .gap = log.apply(events) { await fill(id, log) }
+    }
+
+    /// Brings a conversation up to date from the relay (after a gap, or a resync the relay asked for).
+    package func fill(_ id: UUID, _ log: ConversationLog) async {
+        do {
+            while true {
+                let page = try await relay.history(conversation: id, after: log.lastSeq)
+                log.apply(page.events.map(\.domain))
+                if !page.more || page.events.isEmpty { break }
+            }
+        } catch {
+            logger.warning("could not fill a conversation from the relay", metadata: ["parley.conversation.id": "\(id)", "parley.error": "\(error)"])
+        }
+    }
+
+    package func refresh(_ ids: [UUID]) async {
+        for id in ids {
+            if let log = existing(id) { await fill(id, log) }
+        }
+    }
+
+    /// Tells every reader to move (the node is draining).
+    package func moveEveryone() {
+        let all = logs.withLock { logs -> [ConversationLog] in
+            defer { logs.removeAll() }
+            return Array(logs.values)
+        }
+        for log in all { log.markMoved() }
+    }
+
+    package var count: Int { logs.withLock { $0.count } }
+
+    /// Forgets conversations nobody has touched for a while; they resume from the relay when needed.
+    package func run() async throws {
+        while !Task.isShuttingDownGracefully {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(30)) }
+            let now = ContinuousClock.now
+            logs.withLock { logs in
+                logs = logs.filter { _, log in
+                    let activity = log.activity
+                    return activity.waiters > 0 || now - activity.last < idleAfter
+                }
+            }
+            inMemory.record(count)
+        }
+    }
+}

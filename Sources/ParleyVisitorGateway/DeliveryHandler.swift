@@ -1,0 +1,29 @@
+import Foundation
+import GRPCCore
+import Metrics
+import ParleyCore
+import ParleyRPC
+
+/// Receives committed events from the relay for the conversations pinned here.
+struct DeliveryHandler: Parley_V1_Delivery.SimpleServiceProtocol {
+    let hub: ConversationHub
+    private let deliveredEvents = Counter(label: "parley_gateway_delivered_events_total")
+    private let deliveries = Counter(label: "parley_gateway_deliveries_total")
+
+    init(hub: ConversationHub) {
+        self.hub = hub
+    }
+
+    func deliver(request: Parley_V1_DeliverRequest, context: ServerContext) async throws -> Parley_V1_DeliverResponse {
+        deliveries.increment()
+        for batch in request.batches {
+            guard let id = UUID(uuidString: batch.conversationID) else { continue }
+            deliveredEvents.increment(by: batch.events.count)
+            await hub.delivered(id, events: batch.events.map(\.domain))
+        }
+        for evicted in request.evictConversationIds {
+            if let id = UUID(uuidString: evicted) { hub.evict(id) }
+        }
+        return Parley_V1_DeliverResponse()
+    }
+}

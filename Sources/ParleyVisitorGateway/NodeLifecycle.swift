@@ -1,0 +1,59 @@
+import Foundation
+import Logging
+import ParleyCore
+import ParleyRPC
+import ParleyRuntime
+import ServiceLifecycle
+
+/// Registers this visitor gateway through the relay and heartbeats; follows the registry's
+/// drain state (health fails, visitors are told to move) and the relay's resync requests.
+struct NodeLifecycle: Service {
+    let node: Parley_V1_NodeInfo
+    let relay: RelayLink
+    let hub: ConversationHub
+    let health: NodeHealth
+    let connections: ConnectionCounter
+    let interval: Duration
+    let logger: Logger
+
+    func run() async throws {
+        var registered = false
+        try await withGracefulShutdownHandler {
+            while !Task.isCancelled && !Task.isShuttingDownGracefully {
+                do {
+                    var request = Parley_V1_RegisterNodeRequest()
+                    request.node = node
+                    request.node.connections = Int64(connections.current)
+                    request.heartbeat = registered
+                    let response = try await relay.register(request)
+                    if !registered { logger.info("registered with the relay") }
+                    registered = true
+                    apply(draining: response.draining || response.removed)
+                    if response.removed { logger.warning("this node was removed from the registry; it takes no new visitors") }
+                    await hub.refresh(response.resyncConversationIds.compactMap(UUID.init(uuidString:)))
+                } catch {
+                    logger.warning("heartbeat to the relay failed", metadata: ["parley.error": "\(error)"])
+                }
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+            }
+        } onGracefulShutdown: {
+            // SIGTERM: fail the health check first so the load balancer stops sending visitors here.
+            health.set(.stopping)
+            hub.moveEveryone()
+        }
+    }
+
+    private func apply(draining: Bool) {
+        switch (health.current, draining) {
+        case (.starting, false), (.draining, false):
+            health.set(.ready)
+            if draining == false && health.current == .ready { logger.info("ready") }
+        case (.starting, true), (.ready, true):
+            health.set(.draining)
+            logger.info("draining: asking connected visitors to move")
+            hub.moveEveryone()
+        default:
+            break
+        }
+    }
+}

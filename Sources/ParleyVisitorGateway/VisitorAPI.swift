@@ -1,0 +1,325 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
+import Metrics
+import ParleyCore
+import ParleyRPC
+import ParleyRuntime
+import Synchronization
+
+/// The public visitor API of one visitor gateway.
+struct VisitorAPI: Sendable {
+    typealias Context = BasicWebSocketRequestContext
+
+    let nodeID: String
+    let hub: ConversationHub
+    let relay: RelayLink
+    let tokens: VisitorTokenSigner
+    let health: NodeHealth
+    let secureCookies: Bool
+    let connected = Gauge(label: "parley_gateway_connected_visitors")
+    let connections = ConnectionCounter()
+
+    struct StartBody: Decodable {
+        var name: String?
+        var email: String?
+        var topic: String?
+    }
+
+    struct MessageBody: Decodable {
+        var clientMsgID: String?
+        var text: String?
+        enum CodingKeys: String, CodingKey {
+            case clientMsgID = "client_msg_id"
+            case text
+        }
+    }
+
+    struct Started: Encodable {
+        var conversationID: String
+        var visitorToken: String
+        var nodeID: String
+        var lastSeq: Int64
+        enum CodingKeys: String, CodingKey {
+            case conversationID = "conversation_id"
+            case visitorToken = "visitor_token"
+            case nodeID = "node_id"
+            case lastSeq = "last_seq"
+        }
+    }
+
+    struct Ack: Encodable {
+        var seq: Int64
+        var createdAt: String
+        var duplicate: Bool
+        enum CodingKeys: String, CodingKey {
+            case seq, duplicate
+            case createdAt = "created_at"
+        }
+    }
+
+    struct EventsPage: Encodable {
+        var events: [ConversationEvent]
+        var lastSeq: Int64
+        var more: Bool
+        enum CodingKeys: String, CodingKey {
+            case events, more
+            case lastSeq = "last_seq"
+        }
+    }
+
+    func register(on router: Router<Context>) {
+        let conversations = router.group("v1/conversations")
+        conversations.post { request, _ in try await start(request) }
+        conversations.post(":id/messages") { request, context in try await send(request, context) }
+        conversations.post(":id/close") { request, context in try await close(request, context) }
+        conversations.get(":id/events") { request, context in try await longPoll(request, context) }
+        conversations.get(":id/stream") { request, context in try await stream(request, context) }
+        conversations.ws(":id/ws") { request, context in
+            do {
+                _ = try authorize(request, context)
+                return .upgrade([:])
+            } catch {
+                return .dontUpgrade
+            }
+        } onUpgrade: { inbound, outbound, context in
+            try await webSocket(inbound: inbound, outbound: outbound, context: context)
+        }
+    }
+
+    // MARK: Endpoints
+
+    func start(_ request: Request) async throws -> Response {
+        guard health.current == .ready else { throw ParleyError(.draining, "this node takes no new conversations; retry") }
+        let body = try await JSONBody.decode(StartBody.self, from: request)
+        var call = Parley_V1_StartConversationRequest()
+        call.nodeID = nodeID
+        call.visitorName = try Validate.optionalField(body.name, name: "name", maxLength: Limits.nameMaxLength)
+        call.visitorEmail = try Validate.email(body.email)
+        call.topic = try Validate.optionalField(body.topic, name: "topic", maxLength: Limits.topicMaxLength)
+        let started = try await relay.start(call)
+        guard let id = UUID(uuidString: started.conversationID) else { throw ParleyError(.internalError, "bad conversation id from the relay") }
+        _ = hub.started(id)
+        let token = tokens.sign(conversationID: id)
+        var headers = nodeCookie()
+        headers.append(HTTPField(name: .setCookie, value: tokenCookie(token, id)))
+        return try JSONBody.response(
+            Started(conversationID: started.conversationID, visitorToken: token, nodeID: nodeID, lastSeq: 0), status: .created, headers: headers)
+    }
+
+    func send(_ request: Request, _ context: Context) async throws -> Response {
+        let id = try authorize(request, context)
+        let body = try await JSONBody.decode(MessageBody.self, from: request)
+        let ack = try await post(id, clientMsgID: body.clientMsgID, text: body.text)
+        return try JSONBody.response(ack, status: ack.duplicate ? .ok : .created, headers: nodeCookie())
+    }
+
+    /// Validates, stores through the relay, and adds the stored message to the conversation's memory.
+    func post(_ id: UUID, clientMsgID: String?, text: String?) async throws -> Ack {
+        var call = Parley_V1_AppendMessageRequest()
+        call.conversationID = id.uuidString.lowercased()
+        call.sender = Sender.visitor.rawValue
+        call.clientMsgID = try Validate.clientMsgID(clientMsgID)
+        call.text = try Validate.text(text)
+        call.originNodeID = nodeID
+        let log = try await hub.open(id, cursor: 0)
+        let stored = try await relay.append(call)
+        let event = ConversationEvent(
+            seq: stored.seq, type: ConversationEvent.Kind.message, sender: .visitor, text: call.text, clientMsgID: call.clientMsgID,
+            createdAtMillis: stored.createdAtMs)
+        if case .gap = log.apply([event]) { await hub.fill(id, log) }
+        return Ack(seq: stored.seq, createdAt: Timestamp.format(stored.createdAtMs), duplicate: stored.duplicate)
+    }
+
+    func close(_ request: Request, _ context: Context) async throws -> Response {
+        let id = try authorize(request, context)
+        let seq = try await relay.close(conversation: id)
+        if let log = hub.existing(id) { await hub.fill(id, log) }
+        return try JSONBody.response(["seq": seq], headers: nodeCookie())
+    }
+
+    func longPoll(_ request: Request, _ context: Context) async throws -> Response {
+        let id = try authorize(request, context)
+        let after = try Validate.cursor(request.uri.queryParameters["after"].map(String.init))
+        let wait = try Validate.waitSeconds(request.uri.queryParameters["wait"].map(String.init))
+        connections.opened(connected)
+        defer { connections.closed(connected) }
+        let page = try await read(id, after: after, wait: .seconds(wait))
+        return try JSONBody.response(page, headers: nodeCookie())
+    }
+
+    /// Reads after a cursor from memory, waiting up to `wait`; older history comes from the relay.
+    func read(_ id: UUID, after: Int64, wait: Duration) async throws -> EventsPage {
+        for attempt in 0..<3 {
+            let log = try await hub.open(id, cursor: after)
+            switch await log.wait(after: after, timeout: wait) {
+            case .events(let events, let lastSeq, let more):
+                return EventsPage(events: events, lastSeq: lastSeq, more: more)
+            case .notCovered:
+                let page = try await relay.history(conversation: id, after: after)
+                return EventsPage(events: page.events.map(\.domain), lastSeq: page.lastSeq, more: page.more)
+            case .cursorAhead(let lastSeq):
+                // Memory may be stale (the conversation lived on another node meanwhile): reload once.
+                if attempt == 0 {
+                    hub.evict(id)
+                    continue
+                }
+                throw ParleyError(.cursorAhead, "after=\(after) is beyond the conversation's last event \(lastSeq)")
+            case .moved:
+                if health.current != .ready { throw ParleyError(.draining, "this node is draining; reconnect to continue") }
+                continue
+            }
+        }
+        throw ParleyError(.unavailable, "the conversation keeps moving; retry")
+    }
+
+    func stream(_ request: Request, _ context: Context) async throws -> Response {
+        let id = try authorize(request, context)
+        let cursor = try Validate.cursor(
+            request.headers[HTTPField.Name("Last-Event-ID")!] ?? request.uri.queryParameters["after"].map(String.init), name: "Last-Event-ID")
+        _ = try await read(id, after: cursor, wait: .zero)  // fail fast with a JSON error before streaming
+        var headers = nodeCookie()
+        headers[.contentType] = "text/event-stream"
+        headers[.cacheControl] = "no-store"
+        headers[HTTPField.Name("X-Accel-Buffering")!] = "no"
+        let api = self
+        return Response(
+            status: .ok, headers: headers,
+            body: ResponseBody { writer in
+                api.connections.opened(api.connected)
+                defer { api.connections.closed(api.connected) }
+                var after = cursor
+                try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
+                while !Task.isCancelled {
+                    let page: EventsPage
+                    do {
+                        page = try await api.read(id, after: after, wait: .seconds(15))
+                    } catch let error as ParleyError {
+                        let data = #"{"code":"\#(error.code.rawValue)"}"#
+                        try await writer.write(ByteBuffer(string: "event: move\ndata: \(data)\n\n"))
+                        break
+                    }
+                    if page.events.isEmpty {
+                        try await writer.write(ByteBuffer(string: ": keepalive\n\n"))
+                        continue
+                    }
+                    var chunk = ""
+                    for event in page.events {
+                        let json = String(decoding: try JSONBody.encoder.encode(event), as: UTF8.self)
+                        chunk += "id: \(event.seq)\ndata: \(json)\n\n"
+                        after = event.seq
+                    }
+                    try await writer.write(ByteBuffer(string: chunk))
+                }
+                try await writer.finish(nil)
+            })
+    }
+
+    struct Inbound: Decodable {
+        var type: String
+        var clientMsgID: String?
+        var text: String?
+        enum CodingKeys: String, CodingKey {
+            case type, text
+            case clientMsgID = "client_msg_id"
+        }
+    }
+
+    func webSocket(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, context: WebSocketRouterContext<Context>) async throws {
+        let id = try authorize(context.request, context.requestContext)
+        let cursor = try Validate.cursor(context.request.uri.queryParameters["after"].map(String.init))
+        connections.opened(connected)
+        defer { connections.closed(connected) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                var after = cursor
+                while !Task.isCancelled {
+                    let page: EventsPage
+                    do {
+                        page = try await read(id, after: after, wait: .seconds(25))
+                    } catch let error as ParleyError {
+                        try await outbound.write(.text(#"{"type":"move","code":"\#(error.code.rawValue)"}"#))
+                        try await outbound.close(.goingAway, reason: "move")
+                        return
+                    }
+                    if page.events.isEmpty {
+                        try await outbound.write(.pong)
+                        continue
+                    }
+                    for event in page.events {
+                        try await outbound.write(.text(String(decoding: try JSONBody.encoder.encode(event), as: UTF8.self)))
+                        after = event.seq
+                    }
+                }
+            }
+            group.addTask {
+                var messages = inbound.messages(maxSize: Limits.requestBodyMaxBytes).makeAsyncIterator()
+                while let message = try await messages.next() {
+                    guard case .text(let text) = message,
+                        let frame = try? JSONDecoder().decode(Inbound.self, from: Data(text.utf8))
+                    else {
+                        try await outbound.write(.text(Self.wsError(nil, ParleyError(.invalidRequest, "frames must be JSON objects with a type"))))
+                        continue
+                    }
+                    guard frame.type == "message" else { continue }
+                    do {
+                        let ack = try await post(id, clientMsgID: frame.clientMsgID, text: frame.text)
+                        try await outbound.write(
+                            .text(
+                                #"{"type":"ack","client_msg_id":\#(Self.quote(frame.clientMsgID ?? "")),"seq":\#(ack.seq),"created_at":"\#(ack.createdAt)"}"#))
+                    } catch let error as ParleyError {
+                        try await outbound.write(.text(Self.wsError(frame.clientMsgID, error)))
+                    }
+                }
+            }
+            // Either side ending (client closed, or the conversation moved) ends the socket.
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    static func quote(_ string: String) -> String {
+        String(decoding: (try? JSONEncoder().encode(string)) ?? Data("\"\"".utf8), as: UTF8.self)
+    }
+
+    static func wsError(_ clientMsgID: String?, _ error: ParleyError) -> String {
+        #"{"type":"error","client_msg_id":\#(quote(clientMsgID ?? "")),"error":{"code":"\#(error.code.rawValue)","message":\#(quote(error.message))}}"#
+    }
+
+    // MARK: Auth and cookies
+
+    static let tokenCookieName = "parley_visitor_token"
+
+    /// The conversation in the path, after checking the visitor token (header first, then cookie).
+    func authorize(_ request: Request, _ context: Context) throws -> UUID {
+        guard let raw = context.parameters.get("id"), let id = UUID(uuidString: raw) else {
+            throw ParleyError(.notFound, "no such conversation")
+        }
+        var token: String?
+        if let header = request.headers[.authorization], header.hasPrefix("Bearer ") {
+            token = String(header.dropFirst(7))
+        } else {
+            token = request.cookies[Self.tokenCookieName]?.value
+        }
+        try tokens.verify(token ?? "", conversationID: id)
+        return id
+    }
+
+    func nodeCookie() -> HTTPFields {
+        [.setCookie: "parley_node=\(nodeID); Path=/; HttpOnly; SameSite=Lax\(secureCookies ? "; Secure" : "")"]
+    }
+
+    func tokenCookie(_ token: String, _ id: UUID) -> String {
+        "\(Self.tokenCookieName)=\(token); Path=/v1/conversations/\(id.uuidString.lowercased()); HttpOnly; SameSite=Strict\(secureCookies ? "; Secure" : "")"
+    }
+}
+
+/// Counts open visitor connections for the gauge and the registry's view.
+final class ConnectionCounter: Sendable {
+    private let count = Mutex(0)
+    var current: Int { count.withLock { $0 } }
+    func opened(_ gauge: Gauge) { gauge.record(count.withLock { $0 += 1; return $0 }) }
+    func closed(_ gauge: Gauge) { gauge.record(count.withLock { $0 -= 1; return $0 }) }
+}

@@ -1,0 +1,100 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
+import ParleyCore
+import ParleyRPC
+import ParleyRuntime
+import ServiceLifecycle
+
+/// The visitor gateway's configuration, from flags and `PARLEY_` environment variables.
+public struct VisitorGatewayConfiguration: Sendable {
+    public var nodeID: String
+    public var httpListen: HostPort
+    public var publicAddress: String
+    public var internalListen: HostPort
+    public var internalAdvertise: String
+    public var opsListen: HostPort
+    public var relayAddress: String
+    public var tokenKeys: [String: [UInt8]]
+    public var tokenKeyID: String
+    public var memoryEvents: Int
+    public var secureCookies: Bool
+    public var webRoot: String?
+    public var logLevel: String?
+
+    public init(settings: Settings) throws {
+        nodeID = settings.string("node.id", default: "vg-1")
+        guard !nodeID.isEmpty, nodeID.count <= 64, nodeID.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
+            throw ParleyError(.invalidRequest, "node.id must be 1 to 64 letters, digits, - or _")
+        }
+        httpListen = try HostPort(settings.string("http.listen", default: "127.0.0.1:8081"))
+        publicAddress = settings.optionalString("public.address") ?? httpListen.description
+        internalListen = try HostPort(settings.string("internal.listen", default: "127.0.0.1:7201"))
+        internalAdvertise = settings.optionalString("internal.advertise") ?? internalListen.description
+        opsListen = try HostPort(settings.string("ops.listen", default: "127.0.0.1:7202"))
+        relayAddress = settings.string("relay.address", default: "127.0.0.1:7100")
+        tokenKeys = try VisitorTokenSigner.parseKeys(try settings.required("visitor.token.keys"))
+        tokenKeyID = settings.optionalString("visitor.token.kid") ?? tokenKeys.keys.sorted().last ?? ""
+        memoryEvents = try settings.int("memory.events", default: 1000)
+        secureCookies = settings.string("secure.cookies", default: "false") == "true"
+        webRoot = settings.optionalString("web.root")
+        logLevel = settings.optionalString("log.level")
+    }
+}
+
+/// Builds a visitor gateway: public HTTP API and chat page, the internal delivery endpoint, ops.
+public enum VisitorGatewayApp {
+    public static func serviceGroup(configuration: VisitorGatewayConfiguration, logger: Logger) throws -> ServiceGroup {
+        ParleyMetrics.bootstrap()
+        let relay = try RelayLink(address: configuration.relayAddress)
+        let tokens = try VisitorTokenSigner(keys: configuration.tokenKeys, currentKeyID: configuration.tokenKeyID)
+        let health = NodeHealth()
+        let hub = ConversationHub(relay: relay, nodeID: configuration.nodeID, capacity: configuration.memoryEvents, logger: logger)
+        let api = VisitorAPI(
+            nodeID: configuration.nodeID, hub: hub, relay: relay, tokens: tokens, health: health, secureCookies: configuration.secureCookies)
+
+        let router = Router(context: BasicWebSocketRequestContext.self)
+        router.add(middleware: JSONErrorMiddleware())
+        router.add(middleware: SecurityHeadersMiddleware())
+        let webRoot = configuration.webRoot ?? Bundle.module.resourceURL!.appendingPathComponent("Public").path
+        router.add(middleware: FileMiddleware(webRoot, searchForIndexHtml: true, logger: logger))
+        api.register(on: router)
+        let app = Application(
+            router: router,
+            server: .http1WebSocketUpgrade(webSocketRouter: router, configuration: .init(maxFrameSize: Limits.requestBodyMaxBytes)),
+            configuration: .init(address: .hostname(configuration.httpListen.host, port: configuration.httpListen.port), serverName: nil),
+            logger: logger)
+
+        let delivery = GRPCServer(
+            transport: .http2NIOPosix(
+                address: .ipv4(host: configuration.internalListen.host, port: configuration.internalListen.port),
+                transportSecurity: .plaintext),
+            services: [DeliveryHandler(hub: hub)])
+        var node = Parley_V1_NodeInfo()
+        node.id = configuration.nodeID
+        node.role = "visitor_gateway"
+        node.zone = "edge"
+        node.publicAddress = configuration.publicAddress
+        node.internalAddress = configuration.internalAdvertise
+        node.opsAddress = configuration.opsListen.description
+        let lifecycle = NodeLifecycle(
+            node: node, relay: relay, hub: hub, health: health, connections: api.connections, interval: .seconds(2), logger: logger)
+        let ops = OpsServer.application(
+            address: configuration.opsListen, health: health, nodeID: configuration.nodeID, role: "visitor_gateway", logger: logger)
+        return ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(service: GRPCClientService(relay.grpc)),
+                    .init(service: GRPCServerService(delivery)),
+                    .init(service: hub),
+                    .init(service: app),
+                    .init(service: ops),
+                    .init(service: lifecycle),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+    }
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# A private PostgreSQL for development and tests: its own data folder and port.
+#   postgres.sh start DATA_DIR PORT   -> starts it (initialising on first use), prints the admin URL
+#   postgres.sh stop DATA_DIR
+# PostgreSQL refuses to run as root, so as root it runs as the `postgres` OS user.
+set -euo pipefail
+cmd=${1:?start|stop}; data=${2:?data folder}; port=${3:-55432}
+
+bindir=""
+for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && bindir=$d; done
+if [ -z "$bindir" ]; then
+  echo "installing PostgreSQL..." >&2
+  apt-get install -y postgresql >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y postgresql >/dev/null; }
+  for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && bindir=$d; done
+fi
+
+as_owner() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+case "$cmd" in
+start)
+  mkdir -p "$data"
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$data" && chmod 700 "$data"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    as_owner "$bindir/initdb" -D "$data" -U postgres --auth=trust --encoding=UTF8 --no-locale >/dev/null
+  fi
+  if ! as_owner "$bindir/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    as_owner "$bindir/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
+      -o "-p $port -k $data -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=on" start >/dev/null
+  fi
+  for _ in $(seq 1 100); do
+    "$bindir/pg_isready" -h 127.0.0.1 -p "$port" -q && break
+    sleep 0.1
+  done
+  echo "postgres://postgres@127.0.0.1:$port/postgres"
+  ;;
+stop)
+  [ -f "$data/PG_VERSION" ] && as_owner "$bindir/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 || true
+  ;;
+*) echo "usage: $0 start|stop DATA_DIR [PORT]" >&2; exit 2 ;;
+esac
