@@ -123,7 +123,11 @@ let package = Package(
         .executableTarget(name: "parley-relay", dependencies: ["ParleyRelay"], swiftSettings: swiftSettings),
         .executableTarget(name: "parley-visitor-gateway", dependencies: ["ParleyVisitorGateway"], swiftSettings: swiftSettings),
         .executableTarget(name: "parley-agent-gateway", dependencies: ["ParleyAgentGateway"], swiftSettings: swiftSettings),
-        .executableTarget(name: "parleyctl", dependencies: ["ParleyAdmin"], swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "parleyctl",
+            dependencies: ["ParleyAdmin", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "ParleyCoreTests",
             dependencies: ["ParleyCore"],

@@ -25,7 +25,6 @@ public enum HAProxyConfig {
 
             defaults
                 mode http
-                option httplog
                 timeout connect 3s
                 # Long-polls wait up to 60 s; SSE and WebSocket streams are tunnels with keepalives.
                 timeout client 75s

@@ -70,7 +70,7 @@ final class AgentFeed: Service, Sendable {
                 if Task.isShuttingDownGracefully || Task.isCancelled { break }
                 // A LISTEN that held for a while was healthy: start the backoff over.
                 if ContinuousClock.now - attempt > .seconds(10) { backoff = .milliseconds(200) }
-                logger.warning("event feed lost its LISTEN; reconnecting", metadata: ["parley.error": "\(String(describing: error).prefix(200))"])
+                logger.warning("event feed lost its LISTEN; reconnecting", metadata: ["parley.error": "\(describeDatabaseError(error))"])
                 try? await Task.sleep(for: backoff)
                 backoff = min(backoff * 2, .seconds(5))
             }
@@ -100,7 +100,7 @@ final class AgentFeed: Service, Sendable {
                     continue
                 }
             } catch {
-                logger.warning("could not read a notified change", metadata: ["parley.conversation.id": "\(id)", "parley.error": "\(error)"])
+                logger.warning("could not read a notified change", metadata: ["parley.conversation.id": "\(id)", "parley.error": "\(describeDatabaseError(error))"])
             }
         }
     }

@@ -109,7 +109,7 @@ public final class GroupCommitter: Service, Sendable {
         } catch {
             // Nothing of the batch is known to be stored: every sender retries with its client_msg_id,
             // which returns the original seq if the commit did happen after all.
-            logger.warning("commit failed", metadata: ["parley.batch.size": "\(batch.count)", "parley.error": "\(String(reflecting: error).prefix(300))"])
+            logger.warning("commit failed", metadata: ["parley.batch.size": "\(batch.count)", "parley.error": "\(describeDatabaseError(error))"])
             for pending in batch {
                 pending.continuation.resume(throwing: ParleyError(.unavailable, "the message could not be stored; retry with the same client_msg_id"))
             }

@@ -39,3 +39,17 @@ public struct DatabaseURL: Sendable, Hashable {
         return configuration
     }
 }
+
+/// A loggable description of a database error: PostgreSQL's message and SQLSTATE, never the query's values.
+public func describeDatabaseError(_ error: any Error) -> String {
+    if let error = error as? PSQLError {
+        if let message = error.serverInfo?[.message] {
+            return "\(message) (SQLSTATE \(error.serverInfo?[.sqlState] ?? "?"))"
+        }
+        return "\(error.code)"
+    }
+    if let error = error as? PostgresTransactionError {
+        return describeDatabaseError(error.closureError ?? error.beginError ?? error.commitError ?? error.rollbackError ?? error)
+    }
+    return String(describing: error)
+}

@@ -65,7 +65,7 @@ public struct EventStore: Sendable {
         pinnedNode: String, visitorName: String, visitorEmail: String, topic: String
     ) async throws -> (id: UUID, createdAtMillis: Int64) {
         let id = UUID()
-        let rows = try await client.withTransaction(logger: logger) { tx in
+        let rows = try await transaction { tx in
             let rows = try await tx.query(
                 """
                 INSERT INTO conversations (id, pinned_node, visitor_name, visitor_email, topic)
@@ -89,7 +89,7 @@ public struct EventStore: Sendable {
     public func append(_ items: [AppendItem]) async throws -> [AppendOutcome] {
         guard !items.isEmpty else { return [] }
         let conversationIDs = Array(Set(items.map(\.conversationID))).sorted { $0.uuidString < $1.uuidString }
-        return try await client.withTransaction(logger: logger) { tx in
+        return try await transaction { tx in
             struct Conversation {
                 var lastSeq: Int64
                 var status: String
@@ -214,6 +214,16 @@ public struct EventStore: Sendable {
         }
     }
 
+    /// A transaction whose domain errors come out as themselves, not wrapped by PostgresNIO.
+    private func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> sending T) async throws -> T {
+        do {
+            return try await client.withTransaction(logger: logger) { try await body($0) }
+        } catch let error as PostgresTransactionError {
+            if let domain = error.closureError as? ParleyError { throw domain }
+            throw error
+        }
+    }
+
     /// NOTIFY payloads are capped at 8000 bytes by PostgreSQL: send lines in chunks.
     static func notify(_ lines: [String], on connection: PostgresConnection, logger: Logger) async throws {
         var chunk = ""
@@ -232,7 +242,7 @@ public struct EventStore: Sendable {
     /// Assigns a queued conversation to an agent and appends an `agent_joined` event.
     /// Exactly one concurrent caller wins; the others get `already_claimed`.
     public func claim(conversationID: UUID, agentID: UUID) async throws -> WrittenEvent {
-        try await client.withTransaction(logger: logger) { tx in
+        try await transaction { tx in
             let (status, lastSeq, node, _) = try await Self.lock(conversationID, on: tx, logger: logger)
             guard status == "queued" else {
                 throw status == "closed"
@@ -261,7 +271,7 @@ public struct EventStore: Sendable {
     /// Closes a conversation with a `closed` event. An agent may close a queued conversation or
     /// one assigned to them; `agentID == nil` means the visitor closes it.
     public func close(conversationID: UUID, agentID: UUID?) async throws -> WrittenEvent {
-        try await client.withTransaction(logger: logger) { tx in
+        try await transaction { tx in
             let (status, lastSeq, node, assigned) = try await Self.lock(conversationID, on: tx, logger: logger)
             guard status != "closed" else { throw ParleyError(.conversationClosed, "the conversation is already closed") }
             var agent: AgentRef?

@@ -33,7 +33,7 @@ public struct RegistryHeartbeat: Service {
                 }
                 onStatus(status)
             } catch {
-                logger.warning("registry heartbeat failed", metadata: ["parley.error": "\(String(describing: error).prefix(200))"])
+                logger.warning("registry heartbeat failed", metadata: ["parley.error": "\(describeDatabaseError(error))"])
             }
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
         }

@@ -1,0 +1,23 @@
+# The front door: the same commands a developer and CI run.
+.PHONY: run test build protos check-protos bench clean
+
+run:
+	./deploy/local/run.sh
+
+test:
+	./Tests/run-tests.sh
+
+build:
+	swift build
+
+protos:
+	./deploy/scripts/generate-protos.sh
+
+check-protos:
+	./deploy/scripts/generate-protos.sh --check
+
+bench:
+	./Tests/bench/run-bench.sh
+
+clean:
+	rm -rf .build .run

@@ -1,3 +1,0 @@
-import ParleyAdmin
-
-await Parleyctl.main()

@@ -1,0 +1,48 @@
+import Foundation
+import ParleyCore
+import Testing
+
+@Suite struct VisitorTokenTests {
+    let key = [UInt8](repeating: 7, count: 32)
+    let other = [UInt8](repeating: 9, count: 32)
+
+    @Test func aTokenVerifiesForItsConversationOnly() throws {
+        let signer = try VisitorTokenSigner(keys: ["k1": key], currentKeyID: "k1")
+        let conversation = UUID()
+        let token = signer.sign(conversationID: conversation)
+        try signer.verify(token, conversationID: conversation)
+        #expect(throws: ParleyError.self) { try signer.verify(token, conversationID: UUID()) }
+    }
+
+    @Test func expiredForgedAndMalformedTokensAreRefused() throws {
+        let signer = try VisitorTokenSigner(keys: ["k1": key], currentKeyID: "k1", lifetimeSeconds: 60)
+        let conversation = UUID()
+        let token = signer.sign(conversationID: conversation, now: Date(timeIntervalSinceNow: -120))
+        #expect(throws: ParleyError.self) { try signer.verify(token, conversationID: conversation) }
+
+        let fresh = signer.sign(conversationID: conversation)
+        var forged = fresh
+        forged.removeLast()
+        forged += fresh.hasSuffix("A") ? "B" : "A"
+        for bad in [forged, "", "pv1", "pv1.k1.x.y.z", fresh + ".extra", String(repeating: "a", count: 5000)] {
+            #expect(throws: ParleyError.self) { try signer.verify(bad, conversationID: conversation) }
+        }
+        let forger = try VisitorTokenSigner(keys: ["k1": other], currentKeyID: "k1")
+        #expect(throws: ParleyError.self) { try signer.verify(forger.sign(conversationID: conversation), conversationID: conversation) }
+    }
+
+    @Test func keysRotate() throws {
+        let old = try VisitorTokenSigner(keys: ["k1": key], currentKeyID: "k1")
+        let rotated = try VisitorTokenSigner(keys: ["k1": key, "k2": other], currentKeyID: "k2")
+        let conversation = UUID()
+        try rotated.verify(old.sign(conversationID: conversation), conversationID: conversation)
+        #expect(rotated.sign(conversationID: conversation).hasPrefix("pv1.k2."))
+    }
+
+    @Test func shortKeysAndBadSpecsAreRejected() {
+        #expect(throws: ParleyError.self) { try VisitorTokenSigner(keys: ["k1": [1, 2, 3]], currentKeyID: "k1") }
+        #expect(throws: ParleyError.self) { try VisitorTokenSigner(keys: ["k1": key], currentKeyID: "k2") }
+        #expect(throws: ParleyError.self) { try VisitorTokenSigner.parseKeys("no-colon") }
+        #expect((try? VisitorTokenSigner.parseKeys("a:\(Data(key).base64EncodedString())"))?["a"] == key)
+    }
+}

@@ -1,0 +1,182 @@
+import Foundation
+import Logging
+import ParleyCore
+import ParleyStore
+import PostgresNIO
+import Testing
+
+/// Integration tests against the real PostgreSQL that `make test` starts (PARLEY_TEST_DATABASE_URL).
+let testDatabaseURL = ProcessInfo.processInfo.environment["PARLEY_TEST_DATABASE_URL"]
+
+func withDatabase<T: Sendable>(_ body: @Sendable (PostgresClient, Logger) async throws -> T) async throws -> T {
+    let url = try DatabaseURL(try #require(testDatabaseURL))
+    var logger = Logger(label: "store-tests")
+    logger.logLevel = .error
+    let client = PostgresClient(configuration: url.clientConfiguration(maxConnections: 20), backgroundLogger: logger)
+    return try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask {
+            await client.run()
+            return nil
+        }
+        defer { group.cancelAll() }
+        try await Migrations.migrate(client, logger: logger)
+        return try await body(client, logger)
+    }
+}
+
+func makeAgent(_ client: PostgresClient, _ logger: Logger, name: String = "Ann") async throws -> Agent {
+    try await AgentStore(client: client, logger: logger).add(
+        email: "\(UUID().uuidString.prefix(8))@agents.test", name: name, role: "agent", passwordHash: "x")
+}
+
+@Suite(.enabled(if: testDatabaseURL != nil, "needs PARLEY_TEST_DATABASE_URL (make test sets it)"))
+struct StoreTests {
+    @Test func migrationsAreIdempotent() async throws {
+        try await withDatabase { client, logger in
+            #expect(try await Migrations.migrate(client, logger: logger).isEmpty)
+        }
+    }
+
+    @Test func sequenceNumbersAreConsecutiveAndRetriesStoreNothing() async throws {
+        try await withDatabase { client, logger in
+            let store = EventStore(client: client, logger: logger)
+            let (id, _) = try await store.startConversation(pinnedNode: "vg-t", visitorName: "V", visitorEmail: "", topic: "")
+            let outcomes = try await store.append([
+                AppendItem(conversationID: id, sender: .visitor, clientMsgID: "a", text: "one"),
+                AppendItem(conversationID: id, sender: .visitor, clientMsgID: "b", text: "two"),
+                AppendItem(conversationID: id, sender: .visitor, clientMsgID: "a", text: "one again in the same batch"),
+            ])
+            guard case .stored(let first, let node) = outcomes[0], case .stored(let second, _) = outcomes[1],
+                case .duplicate(let again, _) = outcomes[2]
+            else {
+                Issue.record("unexpected outcomes \(outcomes)")
+                return
+            }
+            #expect(node == "vg-t")
+            #expect([first.seq, second.seq, again] == [1, 2, 1])
+            let retry = try await store.append([AppendItem(conversationID: id, sender: .visitor, clientMsgID: "b", text: "two")])
+            #expect(retry.first.map { if case .duplicate(let seq, _) = $0 { seq } else { -1 } } == 2)
+            let page = try await store.events(conversationID: id, after: 0, limit: 10)
+            #expect(page.events.map(\.seq) == [1, 2])
+            #expect(page.events.map(\.text) == ["one", "two"])
+            #expect(page.lastSeq == 2)
+        }
+    }
+
+    @Test func concurrentBatchesNeverShareOrSkipASequenceNumber() async throws {
+        try await withDatabase { client, logger in
+            let store = EventStore(client: client, logger: logger)
+            let (id, _) = try await store.startConversation(pinnedNode: "vg-t", visitorName: "", visitorEmail: "", topic: "")
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for worker in 0..<8 {
+                    group.addTask {
+                        for n in 0..<10 {
+                            _ = try await store.append([AppendItem(conversationID: id, sender: .visitor, clientMsgID: "w\(worker)-\(n)", text: "x")])
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let page = try await store.events(conversationID: id, after: 0, limit: 500)
+            #expect(page.events.map(\.seq) == Array(1...80))
+        }
+    }
+
+    @Test func exactlyOneOfManyConcurrentClaimsWins() async throws {
+        try await withDatabase { client, logger in
+            let store = EventStore(client: client, logger: logger)
+            let (id, _) = try await store.startConversation(pinnedNode: "vg-t", visitorName: "", visitorEmail: "", topic: "")
+            var agents: [Agent] = []
+            for n in 0..<6 { agents.append(try await makeAgent(client, logger, name: "Agent \(n)")) }
+            let results = await withTaskGroup(of: Result<WrittenEvent, any Error>.self) { group in
+                for agent in agents {
+                    group.addTask {
+                        do { return .success(try await store.claim(conversationID: id, agentID: agent.id)) } catch { return .failure(error) }
+                    }
+                }
+                return await group.reduce(into: []) { $0.append($1) }
+            }
+            let winners = results.compactMap { try? $0.get() }
+            #expect(winners.count == 1)
+            for case .failure(let error) in results {
+                #expect((error as? ParleyError)?.code == .alreadyClaimed)
+            }
+            #expect(winners.first?.event.type == ConversationEvent.Kind.agentJoined)
+        }
+    }
+
+    @Test func onlyTheAssignedAgentWritesAndClosedConversationsRefuse() async throws {
+        try await withDatabase { client, logger in
+            let store = EventStore(client: client, logger: logger)
+            let (id, _) = try await store.startConversation(pinnedNode: "vg-t", visitorName: "", visitorEmail: "", topic: "")
+            let ann = try await makeAgent(client, logger)
+            let bob = try await makeAgent(client, logger, name: "Bob")
+            _ = try await store.claim(conversationID: id, agentID: ann.id)
+            let outcomes = try await store.append([
+                AppendItem(conversationID: id, sender: .agent, clientMsgID: "x", text: "from bob", agentID: bob.id),
+                AppendItem(conversationID: id, sender: .agent, clientMsgID: "y", text: "from ann", agentID: ann.id),
+                AppendItem(conversationID: UUID(), sender: .visitor, clientMsgID: "z", text: "nowhere"),
+            ])
+            #expect(outcomes[0] == .failed(ParleyError(.notAssigned, "only the agent assigned to the conversation may write to it")))
+            guard case .stored(let event, _) = outcomes[1] else { Issue.record("ann's message was not stored"); return }
+            #expect(event.agent?.name == "Ann")
+            #expect(event.seq == 2)
+            if case .failed(let error) = outcomes[2] { #expect(error.code == .notFound) } else { Issue.record("unknown conversation accepted") }
+            _ = try await store.close(conversationID: id, agentID: ann.id)
+            let late = try await store.append([AppendItem(conversationID: id, sender: .visitor, clientMsgID: "late", text: "hello?")])
+            if case .failed(let error) = late[0] { #expect(error.code == .conversationClosed) } else { Issue.record("closed conversation accepted a message") }
+            let page = try await store.events(conversationID: id, after: 0, limit: 10)
+            #expect(page.events.map(\.type) == ["agent_joined", "message", "closed"])
+            #expect(page.status == "closed")
+        }
+    }
+
+    @Test func tailReadsMoveAFarCursorUpAndRepinReportsThePreviousNode() async throws {
+        try await withDatabase { client, logger in
+            let store = EventStore(client: client, logger: logger)
+            let (id, _) = try await store.startConversation(pinnedNode: "vg-a", visitorName: "", visitorEmail: "", topic: "")
+            _ = try await store.append((1...30).map { AppendItem(conversationID: id, sender: .visitor, clientMsgID: "m\($0)", text: "t\($0)") })
+            let tail = try await store.events(conversationID: id, after: 0, limit: 10, tail: true)
+            #expect(tail.floor == 20)
+            #expect(tail.events.map(\.seq) == Array(21...30))
+            let paged = try await store.events(conversationID: id, after: 0, limit: 10)
+            #expect(paged.more)
+            #expect(paged.events.map(\.seq) == Array(1...10))
+            #expect(try await store.repin(conversationID: id, to: "vg-b") == "vg-a")
+            #expect(try await store.repin(conversationID: id, to: "vg-b") == nil)
+            await #expect(throws: ParleyError.self) { try await store.events(conversationID: id, after: 31, limit: 10) }
+        }
+    }
+
+    @Test func registryTracksDrainAndRemoval() async throws {
+        try await withDatabase { client, logger in
+            let registry = Registry(client: client, logger: logger)
+            let id = "vg-\(UUID().uuidString.prefix(6))"
+            let node = NodeRecord(id: id, role: "visitor_gateway", zone: "edge", publicAddress: "127.0.0.1:1", internalAddress: "127.0.0.1:2", opsAddress: "127.0.0.1:3")
+            #expect(try await registry.register(node).draining == false)
+            #expect(try await registry.setState(id: id, draining: true))
+            #expect(try await registry.heartbeat(id: id, connections: 3).draining)
+            // A restart keeps the administrator's drain.
+            #expect(try await registry.register(node).draining)
+            #expect(try await registry.node(id: id)?.health == "up")
+            #expect(try await registry.remove(id: id))
+            #expect(try await registry.heartbeat(id: id, connections: 0).removed)
+            #expect(try await registry.remove(id: id) == false)
+        }
+    }
+
+    @Test func sessionsAuthenticateUntilDisabled() async throws {
+        try await withDatabase { client, logger in
+            let agents = AgentStore(client: client, logger: logger)
+            let agent = try await makeAgent(client, logger)
+            let token = try await agents.createSession(agentID: agent.id)
+            #expect(try await agents.agent(forSession: token)?.id == agent.id)
+            #expect(try await agents.agent(forSession: token + "x") == nil)
+            await #expect(throws: ParleyError.self) {
+                try await agents.add(email: agent.email.uppercased(), name: "dup", role: "agent", passwordHash: "x")
+            }
+            #expect(try await agents.disable(email: agent.email))
+            #expect(try await agents.agent(forSession: token) == nil)
+        }
+    }
+}

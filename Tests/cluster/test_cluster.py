@@ -1,0 +1,371 @@
+"""The cluster through its public APIs: real executables, HAProxy, PostgreSQL."""
+
+import json
+import threading
+import uuid
+
+import requests
+import websocket
+
+from harness import AgentClient, Visitor, assert_exactly_once_in_order, metric, wait_until
+
+
+def open_conversation(cluster, agent_gateway="ag-1", **fields):
+    visitor = Visitor(cluster.lb_url)
+    visitor.start(**fields)
+    email, password = cluster.new_agent("Ann")
+    agent = AgentClient(cluster.agent_url(agent_gateway), email, password)
+    assert agent.claim(visitor.conversation).status_code == 200
+    return visitor, agent
+
+
+def test_chat_both_ways_over_long_poll(cluster):
+    visitor = Visitor(cluster.lb_url)
+    started = visitor.start(name="Vera", email="vera@example.com", topic="billing")
+    assert started["last_seq"] == 0 and visitor.node == started["node_id"]
+    email, password = cluster.new_agent("Ann")
+    agent = AgentClient(cluster.agent_url(), email, password)
+
+    queued = agent.get("/v1/agent/conversations", status="queued").json()["conversations"]
+    mine = [c for c in queued if c["id"] == visitor.conversation]
+    assert mine and mine[0]["visitor_name"] == "Vera" and mine[0]["topic"] == "billing"
+
+    sent = visitor.send("Hello, my invoice is wrong")
+    assert sent.status_code == 201 and sent.json()["seq"] == 1
+    assert agent.claim(visitor.conversation).status_code == 200
+    reply = agent.reply(visitor.conversation, "Let me check <b>that</b> for you")
+    assert reply.status_code == 201 and reply.json()["seq"] == 3
+
+    visitor.poll_until(lambda seen: len(seen) >= 3)
+    assert [e["type"] for e in visitor.seen] == ["message", "agent_joined", "message"]
+    assert visitor.seen[2]["text"] == "Let me check <b>that</b> for you"
+    assert visitor.seen[2]["sender"] == "agent" and visitor.seen[2]["agent"]["name"] == "Ann"
+    assert_exactly_once_in_order(visitor.seen)
+
+    history = agent.history(visitor.conversation)
+    assert [e["seq"] for e in history["events"]] == [1, 2, 3] and history["last_seq"] == 3
+
+    # A long-poll with nothing new waits, then returns empty with the same cursor.
+    body = visitor.poll(wait=1)
+    assert body["events"] == [] and body["last_seq"] == 3
+
+    open_list = agent.get("/v1/agent/conversations", status="open").json()["conversations"]
+    assert any(c["id"] == visitor.conversation and c["assigned_agent"]["name"] == "Ann" for c in open_list)
+
+
+def test_queue_is_oldest_first(cluster):
+    email, password = cluster.new_agent()
+    agent = AgentClient(cluster.agent_url(), email, password)
+    ids = []
+    for _ in range(3):
+        v = Visitor(cluster.lb_url)
+        v.start()
+        ids.append(v.conversation)
+    queued = [c["id"] for c in agent.get("/v1/agent/conversations", status="queued").json()["conversations"]]
+    positions = [queued.index(i) for i in ids]
+    assert positions == sorted(positions)
+
+
+def test_server_sent_events_resume_from_last_event_id(cluster):
+    visitor, agent = open_conversation(cluster)
+    agent.reply(visitor.conversation, "first")
+    url = f"{cluster.lb_url}/v1/conversations/{visitor.conversation}/stream"
+    received = []
+
+    def read_stream(headers):
+        with visitor.session.get(url, headers={**visitor.headers, **headers}, stream=True, timeout=30) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            for line in response.iter_lines(decode_unicode=True):
+                if line.startswith("data: "):
+                    received.append(json.loads(line[6:]))
+                    if len(received) >= expected[0]:
+                        return
+
+    expected = [3]
+    thread = threading.Thread(target=read_stream, args=({},), daemon=True)
+    thread.start()
+    wait_until(lambda: len(received) >= 2, what="SSE catch-up")
+    agent.reply(visitor.conversation, "second")
+    thread.join(timeout=20)
+    assert [e["seq"] for e in received] == [1, 2, 3]
+    assert received[2]["text"] == "second"
+
+    # Reconnect with Last-Event-ID: only what came after it.
+    agent.reply(visitor.conversation, "third")
+    received.clear()
+    expected[0] = 1
+    read_stream({"Last-Event-ID": "3"})
+    assert [e["seq"] for e in received] == [4] and received[0]["text"] == "third"
+
+
+def test_websocket_sends_with_ack_and_receives_replies(cluster):
+    visitor, agent = open_conversation(cluster)
+    cookie = "; ".join(f"{c.name}={c.value}" for c in visitor.session.cookies)
+    ws_url = cluster.lb_url.replace("http://", "ws://") + f"/v1/conversations/{visitor.conversation}/ws?after=0"
+    ws = websocket.create_connection(ws_url, header=[f"Authorization: Bearer {visitor.token}", f"Cookie: {cookie}"], timeout=15)
+    frames = []
+
+    def next_frame(predicate):
+        while True:
+            frame = json.loads(ws.recv())
+            frames.append(frame)
+            if predicate(frame):
+                return frame
+
+    joined = next_frame(lambda f: f.get("type") == "agent_joined")
+    assert joined["seq"] == 1
+    ws.send(json.dumps({"type": "message", "client_msg_id": "ws-1", "text": "over the socket"}))
+    ack = next_frame(lambda f: f.get("type") == "ack")
+    assert ack["client_msg_id"] == "ws-1" and ack["seq"] == 2
+    echoed = next_frame(lambda f: f.get("seq") == 2)
+    assert echoed["text"] == "over the socket" and echoed["sender"] == "visitor"
+    agent.reply(visitor.conversation, "over to you")
+    reply = next_frame(lambda f: f.get("seq") == 3)
+    assert reply["sender"] == "agent" and reply["text"] == "over to you"
+    ws.send(json.dumps({"type": "message", "client_msg_id": "ws-1", "text": "over the socket"}))
+    again = next_frame(lambda f: f.get("type") == "ack")
+    assert again["seq"] == 2
+    ws.send("not json")
+    error = next_frame(lambda f: f.get("type") == "error")
+    assert error["error"]["code"] == "invalid_request"
+    ws.close()
+    seqs = [f["seq"] for f in frames if "seq" in f and f.get("type") != "ack"]
+    assert seqs == [1, 2, 3]
+
+
+def test_websocket_refuses_a_bad_token(cluster):
+    visitor = Visitor(cluster.lb_url)
+    visitor.start()
+    ws_url = cluster.lb_url.replace("http://", "ws://") + f"/v1/conversations/{visitor.conversation}/ws"
+    try:
+        websocket.create_connection(ws_url, header=["Authorization: Bearer pv1.k1.nope.0.AAAA"], timeout=5)
+        raise AssertionError("upgrade accepted with a forged token")
+    except websocket.WebSocketBadStatusException as error:
+        assert error.status_code in (400, 401, 403, 404)
+
+
+def test_agent_reply_is_delivered_only_to_the_pinned_node(cluster):
+    visitor, agent = open_conversation(cluster)
+    pinned = visitor.node
+    before = {name: metric(node.metrics(), "parley_gateway_delivered_events_total") for name, node in cluster.visitor_gateways.items()}
+    for n in range(5):
+        assert agent.reply(visitor.conversation, f"reply {n}").status_code == 201
+    visitor.poll_until(lambda seen: len(seen) >= 6)
+    after = {name: metric(node.metrics(), "parley_gateway_delivered_events_total") for name, node in cluster.visitor_gateways.items()}
+    assert after[pinned] - before[pinned] >= 5
+    for name in cluster.visitor_gateways:
+        if name != pinned:
+            assert after[name] == before[name], f"{name} received deliveries for a conversation pinned to {pinned}"
+    relay_metrics = cluster.relay.metrics()
+    assert metric(relay_metrics, "parley_relay_messages_committed_total") > 0
+    assert "parley_relay_commit_batch_size" in relay_metrics
+
+
+def test_idempotent_retry_stores_once(cluster):
+    visitor, agent = open_conversation(cluster)
+    first = visitor.send("exactly once", client_msg_id="retry-me")
+    second = visitor.send("exactly once", client_msg_id="retry-me")
+    assert first.status_code == 201 and second.status_code == 200
+    assert first.json()["seq"] == second.json()["seq"]
+    assert second.json()["duplicate"] is True
+    assert cluster.psql(f"SELECT count(*) FROM events WHERE conversation_id = '{visitor.conversation}' AND client_msg_id = 'retry-me'") == "1"
+    reply = agent.reply(visitor.conversation, "agent once", client_msg_id="agent-retry")
+    again = agent.reply(visitor.conversation, "agent once", client_msg_id="agent-retry")
+    assert reply.status_code == 201 and again.status_code == 200 and reply.json()["seq"] == again.json()["seq"]
+
+
+def test_two_agents_claim_at_once_on_two_gateways(cluster):
+    for _ in range(5):
+        visitor = Visitor(cluster.lb_url)
+        visitor.start()
+        agents = []
+        for gateway in ("ag-1", "ag-2"):
+            email, password = cluster.new_agent(gateway)
+            agents.append(AgentClient(cluster.agent_url(gateway), email, password))
+        barrier = threading.Barrier(2)
+        results = [None, None]
+
+        def claim(index):
+            barrier.wait()
+            results[index] = agents[index].claim(visitor.conversation)
+
+        threads = [threading.Thread(target=claim, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        statuses = sorted(r.status_code for r in results)
+        assert statuses == [200, 409], [r.text for r in results]
+        loser = next(r for r in results if r.status_code == 409)
+        assert loser.json()["error"]["code"] == "already_claimed"
+        assert cluster.psql(f"SELECT count(*) FROM events WHERE conversation_id = '{visitor.conversation}' AND type = 'agent_joined'") == "1"
+
+
+def test_agent_websocket_sees_events_from_every_node(cluster):
+    email, password = cluster.new_agent("Watcher")
+    watcher = AgentClient(cluster.agent_url("ag-2"), email, password)
+    ws_url = cluster.agent_url("ag-2").replace("http://", "ws://") + "/v1/agent/ws"
+    ws = websocket.create_connection(ws_url, header=[f"Authorization: Bearer {watcher.token}"], timeout=15)
+    visitors = []
+    for _ in range(4):  # round-robin through HAProxy: conversations on both visitor gateways
+        v = Visitor(cluster.lb_url)
+        v.start()
+        v.send("hello from " + v.node)
+        visitors.append(v)
+    assert len({v.node for v in visitors}) == 2
+    wanted = {(v.conversation, 1) for v in visitors}
+    seen_new = set()
+    while wanted:
+        frame = json.loads(ws.recv())
+        if frame["type"] == "conversation":
+            seen_new.add(frame["conversation"]["id"])
+        if frame["type"] == "event":
+            wanted.discard((frame["conversation_id"], frame["event"]["seq"]))
+    assert {v.conversation for v in visitors} <= seen_new
+    ws.close()
+
+
+def test_kill_the_pinned_node_and_the_visitor_goes_on_elsewhere(cluster):
+    visitor, agent = open_conversation(cluster)
+    for n in range(3):
+        assert visitor.send(f"before {n}").status_code == 201
+    visitor.poll_until(lambda seen: len(seen) >= 4)
+    pinned = visitor.node
+    node = cluster.visitor_gateways[pinned]
+    node.kill()
+    try:
+        # Replies committed while the pinned node is dead are not lost.
+        for n in range(3):
+            assert agent.reply(visitor.conversation, f"while down {n}").status_code == 201
+        for n in range(3):
+            visitor.send_until_acked(f"after {n}")
+        visitor.poll_until(lambda seen: len(seen) >= 10, timeout=30)
+        assert visitor.node != pinned
+        assert_exactly_once_in_order(visitor.seen)
+        texts = [e["text"] for e in visitor.seen if e["type"] == "message"]
+        assert texts == ["before 0", "before 1", "before 2", "while down 0", "while down 1", "while down 2",
+                         "after 0", "after 1", "after 2"]
+        assert cluster.psql(f"SELECT count(*) FROM events WHERE conversation_id = '{visitor.conversation}'") == "10"
+        new_node = visitor.node
+        assert cluster.psql(f"SELECT pinned_node FROM conversations WHERE id = '{visitor.conversation}'") == new_node
+        # Replies now reach the new node.
+        assert agent.reply(visitor.conversation, "found you").status_code == 201
+        visitor.poll_until(lambda seen: len(seen) >= 11)
+        assert visitor.seen[-1]["text"] == "found you"
+        assert_exactly_once_in_order(visitor.seen)
+    finally:
+        cluster.restart(node)
+
+
+def test_drain_moves_visitors_and_undrain_restores(cluster):
+    visitor, agent = open_conversation(cluster)
+    pinned = visitor.node
+    node = cluster.visitor_gateways[pinned]
+    cluster.ctl("nodes", "drain", pinned)
+    try:
+        wait_until(lambda: node.health().status_code == 503, what="drained node failing its health check")
+        listed = json.loads(cluster.ctl("nodes", "list", "--json").stdout)["nodes"]
+        assert next(n for n in listed if n["id"] == pinned)["state"] == "draining"
+        agent.reply(visitor.conversation, "while draining")
+        # HAProxy moves the visitor after two failed checks; the other node resumes the conversation.
+        visitor.poll_until(lambda seen: any(e["text"] == "while draining" for e in seen) and visitor.node != pinned, timeout=30)
+        assert_exactly_once_in_order(visitor.seen)
+        fresh = Visitor(cluster.lb_url)
+        assert fresh.start()["node_id"] != pinned
+    finally:
+        cluster.ctl("nodes", "undrain", pinned)
+    wait_until(lambda: node.health().status_code == 200, what="undrained node healthy again")
+
+
+def test_bad_input_gets_clear_errors_and_stores_nothing(cluster):
+    visitor, agent = open_conversation(cluster)
+    base = f"{cluster.lb_url}/v1/conversations/{visitor.conversation}"
+    cases = [
+        ({"client_msg_id": "", "text": "x"}, 400),
+        ({"client_msg_id": "a" * 65, "text": "x"}, 400),
+        ({"client_msg_id": "ok", "text": ""}, 400),
+        ({"client_msg_id": "ok", "text": "x" * 4001}, 400),
+        ({"text": "no id"}, 400),
+    ]
+    for body, status in cases:
+        response = visitor.session.post(f"{base}/messages", json=body, headers=visitor.headers, timeout=10)
+        assert response.status_code == status, (body, response.text)
+        assert response.json()["error"]["code"] == "invalid_request"
+    response = visitor.session.post(f"{base}/messages", data="{not json", headers={**visitor.headers, "Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
+    response = visitor.session.post(f"{base}/messages", data="x" * 100_000, headers=visitor.headers, timeout=10)
+    assert response.status_code == 413 and "error" in response.json()
+    # Another conversation's token, no token, a forged token.
+    other = Visitor(cluster.lb_url)
+    other.start()
+    for headers in ({"Authorization": f"Bearer {other.token}"}, {}, {"Authorization": "Bearer pv1.k1.x.1.AAAA"}):
+        response = requests.post(f"{base}/messages", json={"client_msg_id": "evil", "text": "hi"}, headers=headers, timeout=10)
+        assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
+        response = requests.get(f"{base}/events", headers=headers, timeout=10)
+        assert response.status_code == 401
+    for query, code in (({"after": "-1"}, 400), ({"after": "abc"}, 400), ({"wait": "61"}, 400), ({"after": "999"}, 400)):
+        response = visitor.session.get(f"{base}/events", params=query, headers=visitor.headers, timeout=10)
+        assert response.status_code == code, (query, response.text)
+    response = requests.get(f"{cluster.lb_url}/v1/conversations/not-a-uuid/events", headers=visitor.headers, timeout=10)
+    assert response.status_code == 404
+    sql = "'; DROP TABLE events; --"
+    assert visitor.send(sql, client_msg_id="sql'\"--").status_code == 201
+    assert cluster.psql(f"SELECT count(*) FROM events WHERE conversation_id = '{visitor.conversation}'") == "2"
+    assert cluster.psql(f"SELECT count(*) FROM events WHERE client_msg_id = 'evil'") == "0"
+    # Agent API errors.
+    assert requests.get(f"{cluster.agent_url()}/v1/agent/conversations", timeout=10).status_code == 401
+    bad = requests.post(f"{cluster.agent_url()}/v1/agent/session", json={"email": "nobody@x.test", "password": "wrong"}, timeout=10)
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "unauthorized"
+    assert agent.get("/v1/agent/conversations", status="bogus").status_code == 400
+    assert agent.claim(str(uuid.uuid4())).status_code == 404
+    email, password = cluster.new_agent("Other")
+    other_agent = AgentClient(cluster.agent_url(), email, password)
+    forbidden = other_agent.reply(visitor.conversation, "not mine")
+    assert forbidden.status_code == 403 and forbidden.json()["error"]["code"] == "not_assigned"
+    # A cookie session without the CSRF header cannot change state.
+    login = requests.post(f"{cluster.agent_url()}/v1/agent/session", json={"email": email, "password": password}, timeout=10)
+    jar = login.cookies
+    assert requests.post(f"{cluster.agent_url()}/v1/agent/conversations/{visitor.conversation}/close", cookies=jar, timeout=10).status_code == 403
+
+
+def test_close_ends_the_conversation_for_both_sides(cluster):
+    visitor, agent = open_conversation(cluster)
+    closed = agent.post(f"/v1/agent/conversations/{visitor.conversation}/close")
+    assert closed.status_code == 200
+    visitor.poll_until(lambda seen: any(e["type"] == "closed" for e in seen))
+    late = visitor.send("anyone?")
+    assert late.status_code == 409 and late.json()["error"]["code"] == "conversation_closed"
+
+
+def test_parleyctl_registry_commands(cluster):
+    listed = cluster.ctl("nodes", "list").stdout
+    for name in ("relay-1", "vg-1", "vg-2", "ag-1", "ag-2"):
+        assert name in listed
+    shown = json.loads(cluster.ctl("nodes", "show", "vg-1", "--json").stdout)
+    assert shown["role"] == "visitor_gateway" and shown["health"] == "up"
+    missing = cluster.ctl("nodes", "drain", "no-such-node", check=False)
+    assert missing.returncode != 0 and "no node" in missing.stderr
+    bad = cluster.ctl("agents", "add", "--email", "not-an-email", "--name", "x", "--password", "longenough", check=False)
+    assert bad.returncode != 0
+    config = cluster.ctl("lb", "haproxy").stdout
+    assert "cookie parley_node" in config and "server vg-1" in config and "server vg-2" in config
+    agents = json.loads(cluster.ctl("agents", "list", "--json").stdout)["agents"]
+    assert agents and all("password" not in json.dumps(a) for a in agents)
+    no_db = cluster.ctl("nodes", "list", "--database-url", "postgres://nobody@127.0.0.1:1/none", check=False)
+    assert no_db.returncode != 0 and "database" in no_db.stderr
+
+
+def test_removed_node_stops_taking_visitors(cluster):
+    extra = cluster.add_visitor_gateway("vg-extra")
+    wait_until(lambda: extra.health().status_code == 200, what="vg-extra up")
+    cluster.ctl("nodes", "remove", "vg-extra")
+    wait_until(lambda: extra.health().status_code == 503, what="removed node failing its health check")
+    extra.stop()
+
+
+def test_sigterm_stops_a_gateway_cleanly(cluster):
+    extra = cluster.add_visitor_gateway("vg-term")
+    wait_until(lambda: extra.health().status_code == 200, what="vg-term up")
+    extra.signal(__import__("signal").SIGTERM)
+    assert extra.process.wait(timeout=20) == 0
