@@ -46,6 +46,10 @@ struct DatabaseOptions: ParsableArguments {
                 throw CLIError("database error: \(error.serverInfo?[.message] ?? "cannot reach \(url.host):\(url.port) (\(error.code))")")
             } catch let error as ParleyError {
                 throw CLIError(error.message)
+            } catch let error as CLIError {
+                throw error
+            } catch {
+                throw CLIError("database error: cannot reach \(url.host):\(url.port) (\(error))")
             }
         }
     }

@@ -84,29 +84,68 @@ public struct ConversationEvent: Sendable, Hashable, Codable {
     }
 }
 
-/// RFC 3339 timestamps with millisecond precision, always in UTC.
+/// RFC 3339 timestamps with millisecond precision, always in UTC, computed from integer
+/// milliseconds (through `Date`'s floating point, .123 can come out as .122).
 public enum Timestamp {
     /// Milliseconds since the Unix epoch, now.
     public static func nowMillis() -> Int64 {
         Int64((Date().timeIntervalSince1970 * 1000).rounded())
     }
 
+    /// `2025-11-22T08:26:40.123Z`.
     public static func format(_ millis: Int64) -> String {
-        Date(timeIntervalSince1970: Double(millis) / 1000)
-            .formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
+        let (days, dayMillis) = millis.quotientAndRemainder(dividingBy: 86_400_000)
+        let (day, ms) = dayMillis < 0 ? (days - 1, dayMillis + 86_400_000) : (days, dayMillis)
+        let (year, month, dayOfMonth) = civil(fromDays: day)
+        func pad(_ value: Int64, _ width: Int) -> String {
+            let digits = String(value)
+            return String(repeating: "0", count: max(0, width - digits.count)) + digits
+        }
+        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(dayOfMonth, 2))T\(pad(ms / 3_600_000, 2)):\(pad(ms / 60_000 % 60, 2)):"
+            + "\(pad(ms / 1000 % 60, 2)).\(pad(ms % 1000, 3))Z"
     }
 
+    /// Parses what `format` writes, and other RFC 3339 times (rounded to milliseconds).
     public static func parse(_ string: String) -> Int64? {
-        let strategies: [Date.ISO8601FormatStyle] = [
-            .iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted),
-            .iso8601,
-        ]
-        for strategy in strategies {
+        let utf8 = Array(string.utf8)
+        if utf8.count == 24, utf8[4] == 45, utf8[7] == 45, utf8[10] == 84, utf8[13] == 58, utf8[16] == 58, utf8[19] == 46, utf8[23] == 90 {
+            func number(_ range: Range<Int>) -> Int64? { Int64(String(decoding: utf8[range], as: UTF8.self)) }
+            if let y = number(0..<4), let mo = number(5..<7), let d = number(8..<10), let h = number(11..<13), let mi = number(14..<16),
+                let s = number(17..<19), let ms = number(20..<23)
+            {
+                return days(fromCivil: y, mo, d) * 86_400_000 + ((h * 60 + mi) * 60 + s) * 1000 + ms
+            }
+        }
+        for strategy in [
+            Date.ISO8601FormatStyle.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .colon), .iso8601,
+        ] {
             if let date = try? Date(string, strategy: strategy) {
                 return Int64((date.timeIntervalSince1970 * 1000).rounded())
             }
         }
         return nil
+    }
+
+    // Howard Hinnant's days-from-civil algorithms: exact integer calendar arithmetic.
+    static func civil(fromDays z: Int64) -> (Int64, Int64, Int64) {
+        let z = z + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let d = doy - (153 * mp + 2) / 5 + 1
+        let m = mp < 10 ? mp + 3 : mp - 9
+        return (yoe + era * 400 + (m <= 2 ? 1 : 0), m, d)
+    }
+
+    static func days(fromCivil y: Int64, _ m: Int64, _ d: Int64) -> Int64 {
+        let y = m <= 2 ? y - 1 : y
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yoe = y - era * 400
+        let doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        return era * 146_097 + doe - 719_468
     }
 }
 

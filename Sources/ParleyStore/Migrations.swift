@@ -89,11 +89,12 @@ public enum Migrations {
     @discardableResult
     public static func migrate(_ client: PostgresClient, logger: Logger) async throws -> [Int] {
         try await client.withConnection { connection in
-            try await connection.query(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
-                logger: logger)
+            // Lock before anything else: even CREATE TABLE IF NOT EXISTS races with itself.
             try await connection.query("SELECT pg_advisory_lock(7243001)", logger: logger)
             do {
+                try await connection.query(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+                    logger: logger)
                 var applied: Set<Int> = []
                 for try await version in try await connection.query("SELECT version FROM schema_migrations", logger: logger).decode(Int.self) {
                     applied.insert(version)

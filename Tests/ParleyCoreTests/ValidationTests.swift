@@ -52,3 +52,17 @@ import Testing
         #expect(try JSONDecoder().decode(ConversationEvent.self, from: json) == event)
     }
 }
+
+@Suite struct TimestampTests {
+    @Test(arguments: [Int64(0), 1_763_800_000_123, 951_782_400_999, -1, 4_102_444_800_000])
+    func formatsAndParsesExactly(_ millis: Int64) {
+        #expect(Timestamp.parse(Timestamp.format(millis)) == millis)
+    }
+
+    @Test func knownValues() {
+        #expect(Timestamp.format(0) == "1970-01-01T00:00:00.000Z")
+        #expect(Timestamp.format(951_782_400_999) == "2000-02-29T00:00:00.999Z")
+        #expect(Timestamp.parse("2025-11-22T09:26:40.123+01:00") == 1_763_800_000_123)
+        #expect(Timestamp.parse("yesterday") == nil)
+    }
+}

@@ -33,7 +33,8 @@ func makeAgent(_ client: PostgresClient, _ logger: Logger, name: String = "Ann")
 struct StoreTests {
     @Test func migrationsAreIdempotent() async throws {
         try await withDatabase { client, logger in
-            #expect(try await Migrations.migrate(client, logger: logger).isEmpty)
+            let applied = try await Migrations.migrate(client, logger: logger)
+            #expect(applied.isEmpty)
         }
     }
 
@@ -55,7 +56,7 @@ struct StoreTests {
             #expect(node == "vg-t")
             #expect([first.seq, second.seq, again] == [1, 2, 1])
             let retry = try await store.append([AppendItem(conversationID: id, sender: .visitor, clientMsgID: "b", text: "two")])
-            #expect(retry.first.map { if case .duplicate(let seq, _) = $0 { seq } else { -1 } } == 2)
+            if case .duplicate(let seq, _) = retry[0] { #expect(seq == 2) } else { Issue.record("retry was stored again") }
             let page = try await store.events(conversationID: id, after: 0, limit: 10)
             #expect(page.events.map(\.seq) == [1, 2])
             #expect(page.events.map(\.text) == ["one", "two"])
@@ -142,8 +143,10 @@ struct StoreTests {
             let paged = try await store.events(conversationID: id, after: 0, limit: 10)
             #expect(paged.more)
             #expect(paged.events.map(\.seq) == Array(1...10))
-            #expect(try await store.repin(conversationID: id, to: "vg-b") == "vg-a")
-            #expect(try await store.repin(conversationID: id, to: "vg-b") == nil)
+            let previousPin = try await store.repin(conversationID: id, to: "vg-b")
+            #expect(previousPin == "vg-a")
+            let samePin = try await store.repin(conversationID: id, to: "vg-b")
+            #expect(samePin == nil)
             await #expect(throws: ParleyError.self) { try await store.events(conversationID: id, after: 31, limit: 10) }
         }
     }
@@ -153,15 +156,23 @@ struct StoreTests {
             let registry = Registry(client: client, logger: logger)
             let id = "vg-\(UUID().uuidString.prefix(6))"
             let node = NodeRecord(id: id, role: "visitor_gateway", zone: "edge", publicAddress: "127.0.0.1:1", internalAddress: "127.0.0.1:2", opsAddress: "127.0.0.1:3")
-            #expect(try await registry.register(node).draining == false)
-            #expect(try await registry.setState(id: id, draining: true))
-            #expect(try await registry.heartbeat(id: id, connections: 3).draining)
+            let registered = try await registry.register(node)
+            #expect(registered.draining == false)
+            let drained = try await registry.setState(id: id, draining: true)
+            #expect(drained)
+            let beat = try await registry.heartbeat(id: id, connections: 3)
+            #expect(beat.draining)
             // A restart keeps the administrator's drain.
-            #expect(try await registry.register(node).draining)
-            #expect(try await registry.node(id: id)?.health == "up")
-            #expect(try await registry.remove(id: id))
-            #expect(try await registry.heartbeat(id: id, connections: 0).removed)
-            #expect(try await registry.remove(id: id) == false)
+            let reregistered = try await registry.register(node)
+            #expect(reregistered.draining)
+            let shown = try await registry.node(id: id)
+            #expect(shown?.health == "up")
+            let removed = try await registry.remove(id: id)
+            #expect(removed)
+            let afterRemoval = try await registry.heartbeat(id: id, connections: 0)
+            #expect(afterRemoval.removed)
+            let removedAgain = try await registry.remove(id: id)
+            #expect(removedAgain == false)
         }
     }
 
@@ -170,13 +181,17 @@ struct StoreTests {
             let agents = AgentStore(client: client, logger: logger)
             let agent = try await makeAgent(client, logger)
             let token = try await agents.createSession(agentID: agent.id)
-            #expect(try await agents.agent(forSession: token)?.id == agent.id)
-            #expect(try await agents.agent(forSession: token + "x") == nil)
+            let sessionAgent = try await agents.agent(forSession: token)
+            #expect(sessionAgent?.id == agent.id)
+            let wrongToken = try await agents.agent(forSession: token + "x")
+            #expect(wrongToken == nil)
             await #expect(throws: ParleyError.self) {
                 try await agents.add(email: agent.email.uppercased(), name: "dup", role: "agent", passwordHash: "x")
             }
-            #expect(try await agents.disable(email: agent.email))
-            #expect(try await agents.agent(forSession: token) == nil)
+            let disabled = try await agents.disable(email: agent.email)
+            #expect(disabled)
+            let afterDisable = try await agents.agent(forSession: token)
+            #expect(afterDisable == nil)
         }
     }
 }

@@ -29,6 +29,7 @@ stop_all() {
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ -z "${PARLEY_DATABASE_URL:-}" ]; then "$root/deploy/local/postgres.sh" stop "$pgdata"; fi
   echo "stopped."
+  exit 0
 }
 trap stop_all INT TERM EXIT
 
