@@ -134,6 +134,16 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "ParleyRelayTests",
+            dependencies: ["ParleyRelay", "ParleyStore", "ParleyCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ParleyAdminTests",
+            dependencies: ["ParleyAdmin", "ParleyStore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "ParleyStoreTests",
             dependencies: ["ParleyCore", "ParleyStore"],
             swiftSettings: swiftSettings

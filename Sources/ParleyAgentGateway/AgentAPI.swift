@@ -114,7 +114,13 @@ struct AgentAPI: Sendable {
                 conversation: try conversationID(context), agent: agent.id, clientMsgID: try Validate.clientMsgID(body.clientMsgID),
                 text: try Validate.text(body.text))
             return try JSONBody.response(
-                SeqReply(seq: stored.seq, createdAt: Timestamp.format(stored.createdAtMs)), status: stored.duplicate ? .ok : .created)
+                SeqReply(seq: stored.seq, createdAt: Timestamp.format(stored.createdAtMs), duplicate: stored.duplicate),
+                status: stored.duplicate ? .ok : .created)
+        }
+        api.post("conversations/:id/typing") { request, context in
+            let (agent, _) = try await authenticate(request, context, stateChanging: true)
+            try await relay.typing(conversation: try conversationID(context), agent: agent.id)
+            return Response(status: .noContent)
         }
         api.post("conversations/:id/close") { request, context in
             let (agent, _) = try await authenticate(request, context, stateChanging: true)
@@ -197,8 +203,9 @@ struct AgentAPI: Sendable {
 struct SeqReply: Encodable {
     var seq: Int64
     var createdAt: String
+    var duplicate: Bool
     enum CodingKeys: String, CodingKey {
-        case seq
+        case seq, duplicate
         case createdAt = "created_at"
     }
 }

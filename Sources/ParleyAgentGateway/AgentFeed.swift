@@ -32,7 +32,8 @@ final class AgentFeed: Service, Sendable {
 
     /// A stream of JSON frames for one agent socket; ends when `unsubscribe` is called.
     func subscribe() -> (UInt64, AsyncStream<String>) {
-        // Agents are few; a console too slow for 10,000 frames has its oldest dropped and resyncs.
+        // Agents are few; a console too slow for 10,000 frames loses the oldest ones and fills the
+        // gap from the events API when it notices a jump in a conversation's seq.
         let (stream, continuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(10_000))
         let id = state.withLock { state -> UInt64 in
             state.nextID += 1
@@ -86,6 +87,8 @@ final class AgentFeed: Service, Sendable {
                 switch parts[0] {
                 case "c":
                     try await sendSummary(id)
+                case "t" where parts.count == 3:
+                    broadcast(#"{"type":"typing","conversation_id":"\#(id.uuidString.lowercased())","sender":"visitor"}"#)
                 case "e" where parts.count == 4:
                     guard let from = Int64(parts[2]), let to = Int64(parts[3]), from <= to else { continue }
                     let page = try await queries.events(conversationID: id, after: from - 1, limit: Int(min(to - from + 1, 500)))

@@ -42,6 +42,9 @@ public final class ConversationLog: Sendable {
         var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
         var cancelled: Set<UInt64> = []
         var lastActivity: ContinuousClock.Instant = .now
+        /// The latest ephemeral event (typing) and a counter that moves with each one.
+        var ephemeral: ConversationEvent?
+        var ephemeralGeneration: UInt64 = 0
 
         var count: Int { events.count - head }
     }
@@ -131,7 +134,8 @@ public final class ConversationLog: Sendable {
 
     /// Reads after `cursor`, waiting up to `timeout` for a first event if there is none yet.
     ///
-    /// Returns early when an event arrives, the log is marked moved, or the task is cancelled.
+    /// Returns early when an event arrives, an ephemeral event is signalled (then possibly with
+    /// no events), the log is marked moved, or the task is cancelled.
     public func wait(after cursor: Int64, timeout: Duration, limit: Int = Limits.maxEventsPerRead) async -> ReadResult {
         let first = read(after: cursor, limit: limit)
         guard case .events(let events, _, _) = first, events.isEmpty, timeout > .zero else { return first }
@@ -172,6 +176,25 @@ public final class ConversationLog: Sendable {
             return nil
         }
         continuation?.resume()
+    }
+
+    /// Shows an ephemeral event (typing) to current readers: not stored, never replayed.
+    public func signal(_ event: ConversationEvent) {
+        let woken = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.ephemeral = event
+            state.ephemeralGeneration &+= 1
+            let woken = Array(state.waiters.values)
+            state.waiters.removeAll()
+            return woken
+        }
+        for continuation in woken { continuation.resume() }
+    }
+
+    /// The latest ephemeral event if it is newer than `generation`, with the new generation.
+    public func ephemeral(after generation: UInt64) -> (generation: UInt64, event: ConversationEvent?) {
+        state.withLock { state in
+            (state.ephemeralGeneration, state.ephemeralGeneration > generation ? state.ephemeral : nil)
+        }
     }
 
     /// Marks the conversation as gone from this node and wakes every reader so it can move.

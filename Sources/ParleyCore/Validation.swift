@@ -45,7 +45,7 @@ public enum Validate {
         return value
     }
 
-    /// An optional free-text field (name, topic): trimmed, length-capped, no control characters.
+    /// An optional free-text field (name, topic): length-capped, no control characters, kept verbatim.
     public static func optionalField(_ value: String?, name: String, maxLength: Int) throws -> String {
         guard let value else { return "" }
         guard value.count <= maxLength else {

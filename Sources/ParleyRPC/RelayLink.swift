@@ -70,6 +70,15 @@ package struct RelayLink: Sendable {
         return try await RPCErrors.calling { try await relay.claim(request, options: Self.options) }.seq
     }
 
+    /// Sends an ephemeral typing signal; `agent` is nil for the visitor.
+    package func typing(conversation: UUID, agent: UUID?) async throws {
+        var request = Parley_V1_TypingRequest()
+        request.conversationID = conversation.uuidString.lowercased()
+        request.sender = agent == nil ? Sender.visitor.rawValue : Sender.agent.rawValue
+        request.agentID = agent?.uuidString.lowercased() ?? ""
+        _ = try await RPCErrors.calling { try await relay.typing(request, options: Self.options) }
+    }
+
     /// Stores an agent's message.
     package func append(conversation: UUID, agent: UUID, clientMsgID: String, text: String) async throws -> Parley_V1_AppendMessageResponse {
         var request = Parley_V1_AppendMessageRequest()

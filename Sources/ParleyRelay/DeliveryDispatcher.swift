@@ -97,25 +97,33 @@ public final class DeliveryDispatcher: Service, Sendable {
             return Array(state.outboxes.keys)
         }
         for node in existing { continuation.yield(node) }
-        await withGracefulShutdownHandler {
-            await withDiscardingTaskGroup { group in
-                for await node in nodes {
-                    group.addTask { await self.work(node: node) }
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await withDiscardingTaskGroup { group in
+                    for await node in nodes {
+                        group.addTask { await self.work(node: node) }
+                    }
                 }
+            } onGracefulShutdown: {
+                self.stop()
             }
-        } onGracefulShutdown: {
-            let wakeups = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
-                state.stopped = true
-                state.newNodes?.finish()
-                var wakeups: [CheckedContinuation<Void, Never>] = []
-                for key in state.outboxes.keys {
-                    if let wakeup = state.outboxes[key]?.wakeup { wakeups.append(wakeup) }
-                    state.outboxes[key]?.wakeup = nil
-                }
-                return wakeups
-            }
-            for wakeup in wakeups { wakeup.resume() }
+        } onCancel: {
+            self.stop()
         }
+    }
+
+    private func stop() {
+        let wakeups = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.stopped = true
+            state.newNodes?.finish()
+            var wakeups: [CheckedContinuation<Void, Never>] = []
+            for key in state.outboxes.keys {
+                if let wakeup = state.outboxes[key]?.wakeup { wakeups.append(wakeup) }
+                state.outboxes[key]?.wakeup = nil
+            }
+            return wakeups
+        }
+        for wakeup in wakeups { wakeup.resume() }
     }
 
     /// Waits for the node's outbox to fill, then takes everything in it.

@@ -14,9 +14,13 @@ import Synchronization
 public final class GroupCommitter: Service, Sendable {
     /// Storing a batch; a seam so that the batching logic is testable without PostgreSQL.
     public typealias Commit = @Sendable ([AppendItem]) async throws -> [AppendOutcome]
+    /// Runs after each commit with every item, its outcome and its origin, in commit order, before
+    /// any sender is answered: deliveries leave in the order the events were stored.
+    public typealias Committed = @Sendable ([(item: AppendItem, outcome: AppendOutcome, origin: String?)]) -> Void
 
     private struct Pending {
         var item: AppendItem
+        var origin: String?
         var continuation: CheckedContinuation<AppendOutcome, any Error>
     }
 
@@ -28,6 +32,7 @@ public final class GroupCommitter: Service, Sendable {
 
     private let state = Mutex(State())
     private let commit: Commit
+    private let committedHook: Committed
     private let maxBatch: Int
     private let window: Duration
     private let logger: Logger
@@ -35,19 +40,26 @@ public final class GroupCommitter: Service, Sendable {
     private let commitLatency = Timer(label: "parley_relay_commit_seconds")
     private let committed = Counter(label: "parley_relay_messages_committed_total")
 
-    public init(maxBatch: Int = 256, window: Duration = .microseconds(500), logger: Logger, commit: @escaping Commit) {
+    public init(
+        maxBatch: Int = 256, window: Duration = .microseconds(500), logger: Logger, commit: @escaping Commit,
+        committed: @escaping Committed = { _ in }
+    ) {
         self.commit = commit
+        self.committedHook = committed
         self.maxBatch = maxBatch
         self.window = window
         self.logger = logger
     }
 
+    /// Messages waiting for the next transaction.
+    var queued: Int { state.withLock { $0.queue.count } }
+
     /// Stores one message; returns after the transaction holding it has committed.
-    public func submit(_ item: AppendItem) async throws -> AppendOutcome {
+    public func submit(_ item: AppendItem, origin: String? = nil) async throws -> AppendOutcome {
         try await withCheckedThrowingContinuation { continuation in
             let (wakeup, refused): (CheckedContinuation<Void, Never>?, Bool) = state.withLock { state in
                 if state.stopped { return (nil, true) }
-                state.queue.append(Pending(item: item, continuation: continuation))
+                state.queue.append(Pending(item: item, origin: origin, continuation: continuation))
                 defer { state.wakeup = nil }
                 return (state.wakeup, false)
             }
@@ -59,16 +71,26 @@ public final class GroupCommitter: Service, Sendable {
     }
 
     public func run() async throws {
-        await withGracefulShutdownHandler {
-            await self.loop()
-        } onGracefulShutdown: {
-            let wakeup = self.state.withLock { state -> CheckedContinuation<Void, Never>? in
-                state.stopped = true
-                defer { state.wakeup = nil }
-                return state.wakeup
+        // Graceful shutdown commits what is queued, then returns; so does cancellation, whose
+        // commit then fails and tells the senders to retry.
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await self.loop()
+            } onGracefulShutdown: {
+                self.stop()
             }
-            wakeup?.resume()
+        } onCancel: {
+            self.stop()
         }
+    }
+
+    private func stop() {
+        let wakeup = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.stopped = true
+            defer { state.wakeup = nil }
+            return state.wakeup
+        }
+        wakeup?.resume()
     }
 
     private func loop() async {
@@ -105,6 +127,7 @@ public final class GroupCommitter: Service, Sendable {
             commitLatency.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
             batchSize.record(batch.count)
             committed.increment(by: outcomes.reduce(0) { if case .stored = $1 { $0 + 1 } else { $0 } })
+            committedHook(zip(batch, outcomes).map { ($0.item, $1, $0.origin) })
             for (pending, outcome) in zip(batch, outcomes) { pending.continuation.resume(returning: outcome) }
         } catch {
             // Nothing of the batch is known to be stored: every sender retries with its client_msg_id,

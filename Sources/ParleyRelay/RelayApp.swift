@@ -40,10 +40,18 @@ public enum RelayApp {
         let postgres = PostgresClient(configuration: configuration.databaseURL.clientConfiguration(maxConnections: 8), backgroundLogger: logger)
         let events = EventStore(client: postgres, logger: logger)
         let registry = Registry(client: postgres, logger: logger)
-        let committer = GroupCommitter(maxBatch: configuration.maxBatch, window: configuration.commitWindow, logger: logger) { items in
-            try await events.append(items)
-        }
         let dispatcher = DeliveryDispatcher(resolve: { try await registry.internalAddress(of: $0) }, logger: logger)
+        let committer = GroupCommitter(
+            maxBatch: configuration.maxBatch, window: configuration.commitWindow, logger: logger,
+            commit: { items in try await events.append(items) },
+            committed: { results in
+                for (item, outcome, origin) in results {
+                    // The visitor's own gateway already has its message from the reply.
+                    if case .stored(let event, let node?) = outcome, node != origin {
+                        dispatcher.deliver(to: node, conversation: item.conversationID, events: [event])
+                    }
+                }
+            })
         let service = RelayService(events: events, registry: registry, committer: committer, dispatcher: dispatcher, logger: logger)
         let server = GRPCServer(
             transport: .http2NIOPosix(

@@ -4,6 +4,7 @@ import Logging
 import ParleyCore
 import ParleyRPC
 import ParleyStore
+import Synchronization
 
 /// The relay's gRPC service: validates, commits, then delivers.
 struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
@@ -11,6 +12,9 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
     let registry: Registry
     let committer: GroupCommitter
     let dispatcher: DeliveryDispatcher
+    let typingLimiter = TypingLimiter()
+    /// This process's identity, so gateways notice a restart.
+    let instance = UUID().uuidString
     let logger: Logger
 
     func registerNode(request: Parley_V1_RegisterNodeRequest, context: ServerContext) async throws -> Parley_V1_RegisterNodeResponse {
@@ -32,6 +36,7 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
             response.draining = status.draining
             response.removed = status.removed
             response.resyncConversationIds = dispatcher.takeResync(for: node.id).map { $0.uuidString.lowercased() }
+            response.relayInstance = instance
             return response
         }
     }
@@ -64,12 +69,9 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
                 conversationID: conversation, sender: sender, clientMsgID: try Validate.clientMsgID(request.clientMsgID),
                 text: try Validate.text(request.text), agentID: agent)
             var response = Parley_V1_AppendMessageResponse()
-            switch try await committer.submit(item) {
-            case .stored(let event, let node):
-                // The visitor's own gateway already has its message from this reply.
-                if let node, node != request.originNodeID {
-                    dispatcher.deliver(to: node, conversation: conversation, events: [event])
-                }
+            switch try await committer.submit(item, origin: request.originNodeID) {
+            case .stored(let event, _):
+                // Delivered by the committer's hook (RelayApp), in commit order.
                 response.seq = event.seq
                 response.createdAtMs = event.createdAtMillis
             case .duplicate(let seq, let created):
@@ -129,6 +131,30 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
         }
     }
 
+    func typing(request: Parley_V1_TypingRequest, context: ServerContext) async throws -> Parley_V1_TypingResponse {
+        try await RPCErrors.serving {
+            let conversation = try parseUUID(request.conversationID, "conversation_id")
+            guard let sender = Sender(rawValue: request.sender), sender != .system else {
+                throw ParleyError(.invalidRequest, "sender must be visitor or agent")
+            }
+            if sender == .visitor {
+                guard typingLimiter.allow(conversation, sender) else { return Parley_V1_TypingResponse() }
+                try await events.notifyVisitorTyping(conversationID: conversation)
+            } else {
+                let agent = try parseUUID(request.agentID, "agent_id")
+                guard let (node, name) = try await events.typingTarget(conversationID: conversation, agentID: agent) else {
+                    throw ParleyError(.notAssigned, "only the agent assigned to the open conversation may signal typing")
+                }
+                guard typingLimiter.allow(conversation, sender) else { return Parley_V1_TypingResponse() }
+                let event = ConversationEvent(
+                    seq: 0, type: ConversationEvent.Kind.typing, sender: .agent, text: "", clientMsgID: nil,
+                    createdAtMillis: Timestamp.nowMillis(), agent: AgentRef(id: agent.uuidString.lowercased(), name: name))
+                dispatcher.deliver(to: node, conversation: conversation, events: [event])
+            }
+            return Parley_V1_TypingResponse()
+        }
+    }
+
     private func deliver(_ written: WrittenEvent, _ conversation: String) {
         if let node = written.pinnedNode, let id = UUID(uuidString: conversation) {
             dispatcher.deliver(to: node, conversation: id, events: [written.event])
@@ -147,5 +173,21 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
         response.more = page.more
         response.floor = page.floor
         return response
+    }
+}
+
+/// At most one typing signal per conversation and sender per second reaches the other side.
+final class TypingLimiter: Sendable {
+    private let last = Mutex<[String: ContinuousClock.Instant]>([:])
+
+    func allow(_ conversation: UUID, _ sender: Sender) -> Bool {
+        let key = "\(conversation) \(sender.rawValue)"
+        let now = ContinuousClock.now
+        return last.withLock { last in
+            if let previous = last[key], now - previous < .seconds(1) { return false }
+            if last.count > 100_000 { last = last.filter { now - $0.value < .seconds(1) } }
+            last[key] = now
+            return true
+        }
     }
 }

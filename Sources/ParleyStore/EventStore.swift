@@ -319,6 +319,24 @@ public struct EventStore: Sendable {
         return ConversationEvent(seq: seq, type: type, sender: sender, text: text, clientMsgID: nil, createdAtMillis: created, agent: agent)
     }
 
+    /// Where an agent's typing signal goes: the pinned node and the agent's name, if the agent
+    /// is the one assigned to the open conversation.
+    public func typingTarget(conversationID: UUID, agentID: UUID) async throws -> (node: String, agentName: String)? {
+        let rows = try await client.query(
+            """
+            SELECT c.pinned_node, a.name FROM conversations c JOIN agents a ON a.id = c.assigned_agent
+            WHERE c.id = \(conversationID) AND c.assigned_agent = \(agentID) AND c.status = 'open' AND c.pinned_node IS NOT NULL
+            """, logger: logger)
+        for try await (node, name) in rows.decode((String, String).self) { return (node, name) }
+        return nil
+    }
+
+    /// Tells the agent gateways that the visitor is typing.
+    public func notifyVisitorTyping(conversationID: UUID) async throws {
+        try await client.query(
+            "SELECT pg_notify(\(Self.notifyChannel), \("t \(conversationID.uuidString.lowercased()) visitor"))", logger: logger)
+    }
+
     /// Pins the conversation to `node` and returns the previous pin (to evict it there).
     public func repin(conversationID: UUID, to node: String) async throws -> String? {
         let rows = try await client.query(

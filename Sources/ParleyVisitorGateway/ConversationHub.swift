@@ -50,6 +50,8 @@ package final class ConversationHub: Service, Sendable {
             return log
         }
         inMemory.record(count)
+        // Events committed after the relay's read were delivered here before this log existed,
+        // and so dropped: fetch them now. Later deliveries find the log.
         if kept === log { await fill(id, log) }
         return kept
     }
@@ -63,6 +65,7 @@ package final class ConversationHub: Service, Sendable {
     /// Applies events delivered by the relay; fetches what is missing on a gap.
     package func delivered(_ id: UUID, events: [ConversationEvent]) async {
         guard let log = existing(id) else { return }
+        for event in events where event.seq == 0 { log.signal(event) }
         if case .gap = log.apply(events) { await fill(id, log) }
     }
 
@@ -82,6 +85,17 @@ package final class ConversationHub: Service, Sendable {
     package func refresh(_ ids: [UUID]) async {
         for id in ids {
             if let log = existing(id) { await fill(id, log) }
+        }
+    }
+
+    /// Refreshes every conversation held, a few at a time.
+    package func refreshAll() async {
+        let all = logs.withLock { Array($0) }
+        await withTaskGroup(of: Void.self) { group in
+            for (index, (id, log)) in all.enumerated() {
+                if index >= 16 { await group.next() }
+                group.addTask { await self.fill(id, log) }
+            }
         }
     }
 

@@ -18,6 +18,8 @@ struct NodeLifecycle: Service {
 
     func run() async throws {
         var registered = false
+        var relayInstance = ""
+        var lastBeatFailed = false
         try await withGracefulShutdownHandler {
             while !Task.isCancelled && !Task.isShuttingDownGracefully {
                 do {
@@ -30,8 +32,17 @@ struct NodeLifecycle: Service {
                     registered = true
                     apply(draining: response.draining || response.removed)
                     if response.removed { logger.warning("this node was removed from the registry; it takes no new visitors") }
-                    await hub.refresh(response.resyncConversationIds.compactMap(UUID.init(uuidString:)))
+                    if (lastBeatFailed || response.relayInstance != relayInstance) && !relayInstance.isEmpty {
+                        // Deliveries may have been lost with the relay or the link: catch up on everything held.
+                        logger.info("relay restarted or was unreachable; refreshing conversations in memory")
+                        await hub.refreshAll()
+                    } else {
+                        await hub.refresh(response.resyncConversationIds.compactMap(UUID.init(uuidString:)))
+                    }
+                    relayInstance = response.relayInstance
+                    lastBeatFailed = false
                 } catch {
+                    lastBeatFailed = true
                     logger.warning("heartbeat to the relay failed", metadata: ["parley.error": "\(error)"])
                 }
                 try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
@@ -47,7 +58,7 @@ struct NodeLifecycle: Service {
         switch (health.current, draining) {
         case (.starting, false), (.draining, false):
             health.set(.ready)
-            if draining == false && health.current == .ready { logger.info("ready") }
+            logger.info("ready")
         case (.starting, true), (.ready, true):
             health.set(.draining)
             logger.info("draining: asking connected visitors to move")

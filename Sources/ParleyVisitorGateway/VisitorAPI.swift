@@ -75,6 +75,10 @@ struct VisitorAPI: Sendable {
         conversations.post { request, _ in try await start(request) }
         conversations.post(":id/messages") { request, context in try await send(request, context) }
         conversations.post(":id/close") { request, context in try await close(request, context) }
+        conversations.post(":id/typing") { request, context in
+            try await relay.typing(conversation: try authorize(request, context), agent: nil)
+            return Response(status: .noContent, headers: nodeCookie())
+        }
         conversations.get(":id/events") { request, context in try await longPoll(request, context) }
         conversations.get(":id/stream") { request, context in try await stream(request, context) }
         conversations.ws(":id/ws") { request, context in
@@ -178,7 +182,8 @@ struct VisitorAPI: Sendable {
     func stream(_ request: Request, _ context: Context) async throws -> Response {
         let id = try authorize(request, context)
         let cursor = try Validate.cursor(
-            request.headers[HTTPField.Name("Last-Event-ID")!] ?? request.uri.queryParameters["after"].map(String.init), name: "Last-Event-ID")
+            request.headers[HTTPField.Name("Last-Event-ID")!] ?? request.uri.queryParameters["after"].map(String.init),
+            name: "the cursor (Last-Event-ID or after)")
         _ = try await read(id, after: cursor, wait: .zero)  // fail fast with a JSON error before streaming
         var headers = nodeCookie()
         headers[.contentType] = "text/event-stream"
@@ -191,6 +196,7 @@ struct VisitorAPI: Sendable {
                 api.connections.opened(api.connected)
                 defer { api.connections.closed(api.connected) }
                 var after = cursor
+                var typing = api.hub.existing(id)?.ephemeral(after: .max).generation ?? 0
                 try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
                 while !Task.isCancelled {
                     let page: EventsPage
@@ -200,6 +206,10 @@ struct VisitorAPI: Sendable {
                         let data = #"{"code":"\#(error.code.rawValue)"}"#
                         try await writer.write(ByteBuffer(string: "event: move\ndata: \(data)\n\n"))
                         break
+                    }
+                    if let signal = api.ephemeral(id, after: &typing) {
+                        // Ephemeral events have no seq, so no id: a reconnect never replays them.
+                        try await writer.write(ByteBuffer(string: "data: \(signal)\n\n"))
                     }
                     if page.events.isEmpty {
                         try await writer.write(ByteBuffer(string: ": keepalive\n\n"))
@@ -235,6 +245,7 @@ struct VisitorAPI: Sendable {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 var after = cursor
+                var typing = hub.existing(id)?.ephemeral(after: .max).generation ?? 0
                 while !Task.isCancelled {
                     let page: EventsPage
                     do {
@@ -243,6 +254,9 @@ struct VisitorAPI: Sendable {
                         try await outbound.write(.text(#"{"type":"move","code":"\#(error.code.rawValue)"}"#))
                         try await outbound.close(.goingAway, reason: "move")
                         return
+                    }
+                    if let signal = ephemeral(id, after: &typing) {
+                        try await outbound.write(.text(signal))
                     }
                     if page.events.isEmpty {
                         try await outbound.write(.pong)
@@ -263,12 +277,16 @@ struct VisitorAPI: Sendable {
                         try await outbound.write(.text(Self.wsError(nil, ParleyError(.invalidRequest, "frames must be JSON objects with a type"))))
                         continue
                     }
+                    if frame.type == "typing" {
+                        try? await relay.typing(conversation: id, agent: nil)
+                        continue
+                    }
                     guard frame.type == "message" else { continue }
                     do {
                         let ack = try await post(id, clientMsgID: frame.clientMsgID, text: frame.text)
                         try await outbound.write(
                             .text(
-                                #"{"type":"ack","client_msg_id":\#(Self.quote(frame.clientMsgID ?? "")),"seq":\#(ack.seq),"created_at":"\#(ack.createdAt)"}"#))
+                                #"{"type":"ack","client_msg_id":\#(Self.quote(frame.clientMsgID ?? "")),"seq":\#(ack.seq),"created_at":"\#(ack.createdAt)","duplicate":\#(ack.duplicate)}"#))
                     } catch let error as ParleyError {
                         try await outbound.write(.text(Self.wsError(frame.clientMsgID, error)))
                     }
@@ -278,6 +296,14 @@ struct VisitorAPI: Sendable {
             try await group.next()
             group.cancelAll()
         }
+    }
+
+    /// The JSON of an ephemeral event (typing) newer than `generation`, if any.
+    func ephemeral(_ id: UUID, after generation: inout UInt64) -> String? {
+        guard let log = hub.existing(id) else { return nil }
+        let (latest, event) = log.ephemeral(after: generation)
+        generation = latest
+        return event.flatMap { try? JSONBody.encoder.encode($0) }.map { String(decoding: $0, as: UTF8.self) }
     }
 
     static func quote(_ string: String) -> String {
@@ -293,7 +319,11 @@ struct VisitorAPI: Sendable {
     static let tokenCookieName = "parley_visitor_token"
 
     /// The conversation in the path, after checking the visitor token (header first, then cookie).
+    /// A node that is not ready (draining, removed, stopping) sends every visitor elsewhere.
     func authorize(_ request: Request, _ context: Context) throws -> UUID {
+        guard health.current == .ready else {
+            throw ParleyError(.draining, "this node is draining; reconnect to continue on another node")
+        }
         guard let raw = context.parameters.get("id"), let id = UUID(uuidString: raw) else {
             throw ParleyError(.notFound, "no such conversation")
         }

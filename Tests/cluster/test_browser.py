@@ -69,6 +69,12 @@ def test_visitor_and_agent_chat_in_the_browser(cluster, browsers):
     agent.find_element(By.ID, "send-button").click()
 
     wait(visitor).until(lambda d: any("it ships today" in t for t in texts(d)))
+    # Typing is shown while it happens and never stored as an event.
+    count = len(texts(visitor))
+    agent.find_element(By.ID, "text").send_keys("one more thing")
+    wait(visitor).until(lambda d: d.find_element(By.ID, "typing").is_displayed() and "Bea" in d.find_element(By.ID, "typing").text)
+    assert len(texts(visitor)) == count
+    agent.find_element(By.ID, "text").clear()
     # Markup typed by users is shown as text: no element was created from it.
     assert not visitor.find_elements(By.CSS_SELECTOR, "#messages b, #messages script, #messages img")
     assert not agent.find_elements(By.CSS_SELECTOR, "#messages b, #messages script, #messages img, #conversation-list img")

@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 import uuid
 
 import requests
@@ -374,3 +375,42 @@ def test_sigterm_stops_a_gateway_cleanly(cluster):
     wait_until(lambda: extra.health().status_code == 200, what="vg-term up")
     extra.signal(__import__("signal").SIGTERM)
     assert extra.process.wait(timeout=20) == 0
+
+
+def test_typing_is_ephemeral_both_ways(cluster):
+    visitor, agent = open_conversation(cluster, agent_gateway="ag-2")
+    agent_ws = websocket.create_connection(cluster.agent_url("ag-2").replace("http://", "ws://") + "/v1/agent/ws",
+                                           header=[f"Authorization: Bearer {agent.token}"], timeout=15)
+    ws_url = cluster.lb_url.replace("http://", "ws://") + f"/v1/conversations/{visitor.conversation}/ws?after=1"
+    cookie = "; ".join(f"{c.name}={c.value}" for c in visitor.session.cookies)
+    visitor_ws = websocket.create_connection(ws_url, header=[f"Authorization: Bearer {visitor.token}", f"Cookie: {cookie}"], timeout=15)
+
+    def until(ws, predicate, send=None):
+        # Typing signals are throttled and not replayed: resend until one is seen.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if send:
+                send()
+            ws.settimeout(1.5)
+            try:
+                frame = json.loads(ws.recv())
+            except websocket.WebSocketTimeoutException:
+                continue
+            if predicate(frame):
+                return frame
+        raise AssertionError("no typing frame")
+
+    typing = until(visitor_ws, lambda f: f.get("type") == "typing",
+                   send=lambda: agent.post(f"/v1/agent/conversations/{visitor.conversation}/typing"))
+    assert typing["seq"] == 0 and typing["sender"] == "agent" and typing["agent"]["name"] == "Ann"
+    seen = until(agent_ws, lambda f: f.get("type") == "typing" and f["conversation_id"] == visitor.conversation,
+                 send=lambda: visitor_ws.send(json.dumps({"type": "typing"})))
+    assert seen["sender"] == "visitor"
+    # Nothing was stored: the conversation still has only the agent_joined event.
+    assert cluster.psql(f"SELECT count(*) FROM events WHERE conversation_id = '{visitor.conversation}'") == "1"
+    # Another agent cannot signal typing into a conversation that is not theirs.
+    email, password = cluster.new_agent("Other")
+    other = AgentClient(cluster.agent_url(), email, password)
+    assert other.post(f"/v1/agent/conversations/{visitor.conversation}/typing").status_code == 403
+    visitor_ws.close()
+    agent_ws.close()

@@ -6,7 +6,7 @@ const ui = {
   agentName: $("agent-name"), logout: $("logout-button"), list: $("conversation-list"), listEmpty: $("list-empty"),
   noSelection: $("no-selection"), conversation: $("conversation"), title: $("conversation-title"),
   meta: $("conversation-meta"), claim: $("claim-button"), close: $("close-button"), error: $("conversation-error"),
-  messages: $("messages"), composer: $("composer"), text: $("text"), send: $("send-button"),
+  messages: $("messages"), composer: $("composer"), text: $("text"), send: $("send-button"), typing: $("typing"),
 };
 const STATUSES = ["queued", "open", "closed"];
 const tabs = STATUSES.map((s) => $(`tab-${s}`));
@@ -19,6 +19,8 @@ let tab = "queued";
 let selectedId = null;
 let listsGen = 0;
 const sock = { ws: null, gen: 0, timer: null, attempts: 0 };
+const visitorTyping = new Map(); // conversation id -> timer that ends its "Visitor is typing…"
+const typingSent = { id: null, at: 0 }; // when we last signalled our own typing, and where
 
 // ---------- helpers ----------
 class ApiError extends Error {
@@ -118,7 +120,8 @@ function renderItem(c) {
   }
   btn.append(row);
   if (c.topic) btn.append(node("span", "topic", c.topic));
-  if (c.last_message) {
+  if (visitorTyping.has(c.id) && c.status !== "closed") btn.append(node("span", "preview typing", "Typing…"));
+  else if (c.last_message) {
     const who = c.last_message.sender === "agent" ? "Agent: " : "";
     btn.append(node("span", "preview", who + (c.last_message.text || "")));
   }
@@ -178,6 +181,7 @@ function select(id) {
   ui.noSelection.hidden = true;
   renderSelected();
   renderList();
+  renderTyping();
   ui.messages.scrollTop = ui.messages.scrollHeight;
   fetchMissing(th);
 }
@@ -253,6 +257,31 @@ function fetchMissing(th) {
   return th.loading;
 }
 
+// ---------- typing ----------
+function setVisitorTyping(id, on) {
+  const was = visitorTyping.has(id);
+  clearTimeout(visitorTyping.get(id));
+  if (on) visitorTyping.set(id, setTimeout(() => setVisitorTyping(id, false), 4000));
+  else visitorTyping.delete(id);
+  if (was !== on) renderList();
+  renderTyping();
+}
+function renderTyping() {
+  const on = !!selectedId && visitorTyping.has(selectedId);
+  if (ui.typing.hidden === !on) return;
+  ui.typing.textContent = on ? "Visitor is typing…" : "";
+  ui.typing.hidden = !on;
+}
+function signalTyping() {
+  const c = convs.get(selectedId);
+  if (!isMine(c) || c.status !== "open" || ui.text.disabled || !ui.text.value.trim()) return;
+  if (typingSent.id === c.id && Date.now() - typingSent.at < 2000) return;
+  typingSent.id = c.id;
+  typingSent.at = Date.now();
+  fetch(`${convPath(c.id)}/typing`, { method: "POST", headers: { "X-Parley-CSRF": "1" }, credentials: "same-origin", cache: "no-store" })
+    .catch(() => {});
+}
+
 // ---------- sending ----------
 function setPendingState(p, text, failed = false) {
   p.el.querySelector(".state").textContent = text;
@@ -295,6 +324,7 @@ function send() {
   ui.messages.scrollTop = ui.messages.scrollHeight;
   ui.text.value = "";
   ui.error.textContent = "";
+  typingSent.at = 0;
   th.chain = th.chain.then(() => deliver(th, id));
 }
 
@@ -338,9 +368,11 @@ function handleFrame(raw) {
   try { f = JSON.parse(raw); } catch { return; }
   if (f?.type === "conversation" && f.conversation?.id) upsert(f.conversation);
   else if (f?.type === "event" && f.conversation_id && f.event) onLiveEvent(f.conversation_id, f.event);
+  else if (f?.type === "typing" && f.conversation_id && f.sender === "visitor") setVisitorTyping(f.conversation_id, true);
   else if (f?.type === "resync") resync();
 }
 function onLiveEvent(id, ev) {
+  if ((ev.type === "message" && ev.sender === "visitor") || ev.type === "closed") setVisitorTyping(id, false);
   const c = convs.get(id);
   if (c) {
     c.last_seq = Math.max(c.last_seq || 0, ev.seq || 0);
@@ -372,7 +404,10 @@ function showLogin(message) {
   for (const th of threads.values()) th.pending.clear();
   threads.clear();
   convs.clear();
+  for (const t of visitorTyping.values()) clearTimeout(t);
+  visitorTyping.clear();
   selectedId = null;
+  renderTyping();
   ui.messages.replaceChildren();
   ui.list.replaceChildren();
   ui.text.value = "";
@@ -455,6 +490,7 @@ ui.composer.addEventListener("submit", (e) => { e.preventDefault(); send(); });
 ui.text.addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
 });
+ui.text.addEventListener("input", signalTyping);
 setInterval(() => {
   for (const w of ui.list.querySelectorAll(".waiting")) {
     const c = convs.get(w.dataset.id);

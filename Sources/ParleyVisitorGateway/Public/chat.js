@@ -5,7 +5,7 @@ const ui = {
   status: $("status"), startView: $("start-view"), startForm: $("start-form"), startButton: $("start-button"),
   startError: $("start-error"), startNotice: $("start-notice"), chatView: $("chat-view"), messages: $("messages"),
   composer: $("composer"), text: $("text"), sendButton: $("send-button"), closeButton: $("close-button"),
-  composerError: $("composer-error"), ended: $("ended"), newButton: $("new-button"),
+  composerError: $("composer-error"), ended: $("ended"), newButton: $("new-button"), typing: $("typing"),
 };
 
 // ---------- state ----------
@@ -16,6 +16,7 @@ let highest = 0;            // highest seq rendered
 let closed = false;
 const pending = new Map();  // client_msg_id -> { text, el }
 let sendChain = Promise.resolve();
+const typing = { timer: null, sentAt: 0 }; // agent's "is typing" indicator; when we last signalled our own typing
 const recv = { gen: 0, ws: null, poll: null, pollAbort: null, wsTimer: null, wsFailures: 0, gapTimer: null, trying: null };
 
 // ---------- helpers ----------
@@ -122,10 +123,35 @@ function insertAt(el, seq) {
   if (stick) ui.messages.scrollTop = ui.messages.scrollHeight;
 }
 
+// ---------- typing ----------
+// Typing events are ephemeral (seq 0): never stored, rendered as messages, or part of the cursor.
+function showTyping(ev) {
+  if (closed) return;
+  clearTimeout(typing.timer);
+  ui.typing.textContent = `${ev.agent?.name || "Agent"} is typing…`;
+  ui.typing.hidden = false;
+  typing.timer = setTimeout(hideTyping, 4000);
+}
+function hideTyping() {
+  clearTimeout(typing.timer);
+  typing.timer = null;
+  ui.typing.hidden = true;
+  ui.typing.textContent = "";
+}
+function signalTyping() {
+  if (!conv || closed || !ui.text.value.trim() || Date.now() - typing.sentAt < 2000) return;
+  typing.sentAt = Date.now();
+  if (recv.ws?.readyState === WebSocket.OPEN) {
+    try { recv.ws.send(JSON.stringify({ type: "typing" })); return; } catch { /* fall back to HTTP */ }
+  }
+  api("POST", `${base()}/typing`).catch(() => {});
+}
+
 // ---------- events ----------
 function ingest(ev) {
   if (!ev || !Number.isInteger(ev.seq) || ev.seq < 1 || events.has(ev.seq)) return;
   events.set(ev.seq, ev);
+  if (ev.type === "message" && ev.sender === "agent" && ev.seq > highest) hideTyping();
   const p = ev.client_msg_id && pending.get(ev.client_msg_id);
   if (p) { p.el.remove(); pending.delete(ev.client_msg_id); }
   insertAt(renderEvent(ev), ev.seq);
@@ -221,6 +247,8 @@ function handleFrame(raw) {
   else if (f?.type === "error") {
     if (f.client_msg_id) markFailed(f.client_msg_id, f.error?.message || "Message not sent");
     else if (f.error?.code === "unauthorized") sessionLost();
+  } else if (f?.type === "typing") {
+    if (f.sender === "agent") showTyping(f);
   } else if (f?.type !== "move") ingest(f);
   return f;
 }
@@ -300,6 +328,7 @@ function send() {
   if (text.length > 4000) { ui.composerError.textContent = "Messages can be at most 4000 characters."; return; }
   ui.composerError.textContent = "";
   ui.text.value = "";
+  typing.sentAt = 0;
   const id = uuid();
   const el = pendingBubble(text);
   pending.set(id, { text, el });
@@ -318,6 +347,8 @@ function resetConversation() {
   events = new Map();
   cursor = highest = 0;
   closed = false;
+  hideTyping();
+  typing.sentAt = 0;
   ui.messages.replaceChildren();
   ui.composerError.textContent = "";
 }
@@ -343,6 +374,7 @@ function showChat() {
 function setClosed() {
   if (closed) return;
   closed = true;
+  hideTyping();
   stopReceiving();
   setStatus("closed");
   for (const b of [ui.text, ui.sendButton, ui.closeButton]) b.disabled = true;
@@ -388,6 +420,7 @@ ui.composer.addEventListener("submit", (e) => { e.preventDefault(); send(); });
 ui.text.addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
 });
+ui.text.addEventListener("input", signalTyping);
 ui.closeButton.addEventListener("click", async () => {
   if (!conv || closed) return;
   ui.closeButton.disabled = true;

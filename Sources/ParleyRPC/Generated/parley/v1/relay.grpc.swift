@@ -117,6 +117,19 @@ package enum Parley_V1_Relay: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "Typing" metadata.
+        package enum Typing: Sendable {
+            /// Request type for "Typing".
+            package typealias Input = Parley_V1_TypingRequest
+            /// Response type for "Typing".
+            package typealias Output = Parley_V1_TypingResponse
+            /// Descriptor for "Typing".
+            package static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "parley.v1.Relay"),
+                method: "Typing",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "parley.v1.Relay" service.
         package static let descriptors: [GRPCCore.MethodDescriptor] = [
             RegisterNode.descriptor,
@@ -125,7 +138,8 @@ package enum Parley_V1_Relay: Sendable {
             Resume.descriptor,
             History.descriptor,
             Claim.descriptor,
-            Close.descriptor
+            Close.descriptor,
+            Typing.descriptor
         ]
     }
 }
@@ -281,6 +295,25 @@ extension Parley_V1_Relay {
             request: GRPCCore.StreamingServerRequest<Parley_V1_CloseRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_CloseResponse>
+
+        /// Handle the "Typing" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > An ephemeral "is typing" signal: never stored, carries no seq. A visitor's goes to the
+        /// > agent gateways (NOTIFY); an agent's goes to the visitor's pinned node.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Parley_V1_TypingRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Parley_V1_TypingResponse` messages.
+        func typing(
+            request: GRPCCore.StreamingServerRequest<Parley_V1_TypingRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_TypingResponse>
     }
 
     /// Service protocol for the "parley.v1.Relay" service.
@@ -420,6 +453,25 @@ extension Parley_V1_Relay {
             request: GRPCCore.ServerRequest<Parley_V1_CloseRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Parley_V1_CloseResponse>
+
+        /// Handle the "Typing" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > An ephemeral "is typing" signal: never stored, carries no seq. A visitor's goes to the
+        /// > agent gateways (NOTIFY); an agent's goes to the visitor's pinned node.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Parley_V1_TypingRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Parley_V1_TypingResponse` message.
+        func typing(
+            request: GRPCCore.ServerRequest<Parley_V1_TypingRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Parley_V1_TypingResponse>
     }
 
     /// Simple service protocol for the "parley.v1.Relay" service.
@@ -557,6 +609,25 @@ extension Parley_V1_Relay {
             request: Parley_V1_CloseRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Parley_V1_CloseResponse
+
+        /// Handle the "Typing" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > An ephemeral "is typing" signal: never stored, carries no seq. A visitor's goes to the
+        /// > agent gateways (NOTIFY); an agent's goes to the visitor's pinned node.
+        ///
+        /// - Parameters:
+        ///   - request: A `Parley_V1_TypingRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Parley_V1_TypingResponse` to respond with.
+        func typing(
+            request: Parley_V1_TypingRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Parley_V1_TypingResponse
     }
 }
 
@@ -641,6 +712,17 @@ extension Parley_V1_Relay.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Parley_V1_Relay.Method.Typing.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_TypingRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_TypingResponse>(),
+            handler: { request, context in
+                try await self.typing(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -718,6 +800,17 @@ extension Parley_V1_Relay.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_CloseResponse> {
         let response = try await self.close(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    package func typing(
+        request: GRPCCore.StreamingServerRequest<Parley_V1_TypingRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_TypingResponse> {
+        let response = try await self.typing(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -812,6 +905,19 @@ extension Parley_V1_Relay.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Parley_V1_CloseResponse> {
         return GRPCCore.ServerResponse<Parley_V1_CloseResponse>(
             message: try await self.close(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    package func typing(
+        request: GRPCCore.ServerRequest<Parley_V1_TypingRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Parley_V1_TypingResponse> {
+        return GRPCCore.ServerResponse<Parley_V1_TypingResponse>(
+            message: try await self.typing(
                 request: request.message,
                 context: context
             ),
@@ -992,6 +1098,30 @@ extension Parley_V1_Relay {
             deserializer: some GRPCCore.MessageDeserializer<Parley_V1_CloseResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_CloseResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "Typing" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > An ephemeral "is typing" signal: never stored, carries no seq. A visitor's goes to the
+        /// > agent gateways (NOTIFY); an agent's goes to the visitor's pinned node.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Parley_V1_TypingRequest` message.
+        ///   - serializer: A serializer for `Parley_V1_TypingRequest` messages.
+        ///   - deserializer: A deserializer for `Parley_V1_TypingResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func typing<Result>(
+            request: GRPCCore.ClientRequest<Parley_V1_TypingRequest>,
+            serializer: some GRPCCore.MessageSerializer<Parley_V1_TypingRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Parley_V1_TypingResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_TypingResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -1252,6 +1382,41 @@ extension Parley_V1_Relay {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "Typing" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > An ephemeral "is typing" signal: never stored, carries no seq. A visitor's goes to the
+        /// > agent gateways (NOTIFY); an agent's goes to the visitor's pinned node.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Parley_V1_TypingRequest` message.
+        ///   - serializer: A serializer for `Parley_V1_TypingRequest` messages.
+        ///   - deserializer: A deserializer for `Parley_V1_TypingResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        package func typing<Result>(
+            request: GRPCCore.ClientRequest<Parley_V1_TypingRequest>,
+            serializer: some GRPCCore.MessageSerializer<Parley_V1_TypingRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Parley_V1_TypingResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_TypingResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Parley_V1_Relay.Method.Typing.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -1456,6 +1621,36 @@ extension Parley_V1_Relay.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_CloseRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_CloseResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Typing" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > An ephemeral "is typing" signal: never stored, carries no seq. A visitor's goes to the
+    /// > agent gateways (NOTIFY); an agent's goes to the visitor's pinned node.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Parley_V1_TypingRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    package func typing<Result>(
+        request: GRPCCore.ClientRequest<Parley_V1_TypingRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_TypingResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.typing(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_TypingRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_TypingResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -1690,6 +1885,40 @@ extension Parley_V1_Relay.ClientProtocol {
             metadata: metadata
         )
         return try await self.close(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Typing" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > An ephemeral "is typing" signal: never stored, carries no seq. A visitor's goes to the
+    /// > agent gateways (NOTIFY); an agent's goes to the visitor's pinned node.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    package func typing<Result>(
+        _ message: Parley_V1_TypingRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_TypingResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Parley_V1_TypingRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.typing(
             request: request,
             options: options,
             onResponse: handleResponse

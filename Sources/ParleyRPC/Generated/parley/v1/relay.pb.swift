@@ -46,7 +46,7 @@ package nonisolated struct Parley_V1_Event: Sendable {
   /// The sender's idempotency key; empty for events the system created.
   package var clientMsgID: String = String()
 
-  /// Commit time, milliseconds since the Unix epoch.
+  /// When the storing transaction ran (PostgreSQL's now()), milliseconds since the Unix epoch.
   package var createdAtMs: Int64 = 0
 
   /// The agent who sent or caused the event; empty otherwise.
@@ -130,6 +130,11 @@ package nonisolated struct Parley_V1_RegisterNodeResponse: Sendable {
   /// Conversations whose deliveries to this node were dropped (it was unreachable for too
   /// long): the node must refresh them from the relay before serving them again.
   package var resyncConversationIds: [String] = []
+
+  /// Changes whenever the relay restarts. Deliveries queued in a relay that died are gone, so a
+  /// gateway that sees a new instance (or could not reach the relay for a while) refreshes every
+  /// conversation it holds.
+  package var relayInstance: String = String()
 
   package var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -327,6 +332,34 @@ package nonisolated struct Parley_V1_CloseResponse: Sendable {
   package init() {}
 }
 
+package nonisolated struct Parley_V1_TypingRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  package var conversationID: String = String()
+
+  /// "visitor" or "agent".
+  package var sender: String = String()
+
+  /// Set for agents: only the assigned agent's typing is shown to the visitor.
+  package var agentID: String = String()
+
+  package var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  package init() {}
+}
+
+package nonisolated struct Parley_V1_TypingResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  package var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  package init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "parley.v1"
@@ -497,7 +530,7 @@ nonisolated extension Parley_V1_RegisterNodeRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Parley_V1_RegisterNodeResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   package static let protoMessageName: String = _protobuf_package + ".RegisterNodeResponse"
-  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}draining\0\u{1}removed\0\u{3}resync_conversation_ids\0")
+  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}draining\0\u{1}removed\0\u{3}resync_conversation_ids\0\u{3}relay_instance\0")
 
   package mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -508,6 +541,7 @@ nonisolated extension Parley_V1_RegisterNodeResponse: SwiftProtobuf.Message, Swi
       case 1: try { try decoder.decodeSingularBoolField(value: &self.draining) }()
       case 2: try { try decoder.decodeSingularBoolField(value: &self.removed) }()
       case 3: try { try decoder.decodeRepeatedStringField(value: &self.resyncConversationIds) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.relayInstance) }()
       default: break
       }
     }
@@ -523,6 +557,9 @@ nonisolated extension Parley_V1_RegisterNodeResponse: SwiftProtobuf.Message, Swi
     if !self.resyncConversationIds.isEmpty {
       try visitor.visitRepeatedStringField(value: self.resyncConversationIds, fieldNumber: 3)
     }
+    if !self.relayInstance.isEmpty {
+      try visitor.visitSingularStringField(value: self.relayInstance, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -530,6 +567,7 @@ nonisolated extension Parley_V1_RegisterNodeResponse: SwiftProtobuf.Message, Swi
     if lhs.draining != rhs.draining {return false}
     if lhs.removed != rhs.removed {return false}
     if lhs.resyncConversationIds != rhs.resyncConversationIds {return false}
+    if lhs.relayInstance != rhs.relayInstance {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -975,6 +1013,65 @@ nonisolated extension Parley_V1_CloseResponse: SwiftProtobuf.Message, SwiftProto
 
   package static func ==(lhs: Parley_V1_CloseResponse, rhs: Parley_V1_CloseResponse) -> Bool {
     if lhs.seq != rhs.seq {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Parley_V1_TypingRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  package static let protoMessageName: String = _protobuf_package + ".TypingRequest"
+  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}conversation_id\0\u{1}sender\0\u{3}agent_id\0")
+
+  package mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.conversationID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.sender) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.agentID) }()
+      default: break
+      }
+    }
+  }
+
+  package func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.conversationID.isEmpty {
+      try visitor.visitSingularStringField(value: self.conversationID, fieldNumber: 1)
+    }
+    if !self.sender.isEmpty {
+      try visitor.visitSingularStringField(value: self.sender, fieldNumber: 2)
+    }
+    if !self.agentID.isEmpty {
+      try visitor.visitSingularStringField(value: self.agentID, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  package static func ==(lhs: Parley_V1_TypingRequest, rhs: Parley_V1_TypingRequest) -> Bool {
+    if lhs.conversationID != rhs.conversationID {return false}
+    if lhs.sender != rhs.sender {return false}
+    if lhs.agentID != rhs.agentID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Parley_V1_TypingResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  package static let protoMessageName: String = _protobuf_package + ".TypingResponse"
+  package static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  package mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  package func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  package static func ==(lhs: Parley_V1_TypingResponse, rhs: Parley_V1_TypingResponse) -> Bool {
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
