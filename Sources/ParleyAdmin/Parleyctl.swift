@@ -55,6 +55,16 @@ struct DatabaseOptions: ParsableArguments {
     }
 }
 
+extension DatabaseOptions {
+    /// Applies a registry edit to one node and reports it; a missing node is an error.
+    func editNode(_ id: String, done message: String, _ edit: @Sendable @escaping (Registry) async throws -> Bool) async throws {
+        guard try await withClient({ client, logger in try await edit(Registry(client: client, logger: logger)) }) else {
+            throw CLIError("no node with id \(id)")
+        }
+        print(message)
+    }
+}
+
 /// A failure to report as one line and a non-zero exit.
 struct CLIError: Error, CustomStringConvertible {
     var description: String
@@ -140,10 +150,7 @@ struct Nodes: AsyncParsableCommand {
 
         func run() async throws {
             let id = self.id
-            guard try await database.withClient({ client, logger in try await Registry(client: client, logger: logger).setState(id: id, draining: true) }) else {
-                throw CLIError("no node with id \(id)")
-            }
-            print("node \(id) is draining")
+            try await database.editNode(id, done: "node \(id) is draining") { try await $0.setState(id: id, draining: true) }
         }
     }
 
@@ -154,10 +161,7 @@ struct Nodes: AsyncParsableCommand {
 
         func run() async throws {
             let id = self.id
-            guard try await database.withClient({ client, logger in try await Registry(client: client, logger: logger).setState(id: id, draining: false) }) else {
-                throw CLIError("no node with id \(id)")
-            }
-            print("node \(id) is active")
+            try await database.editNode(id, done: "node \(id) is active") { try await $0.setState(id: id, draining: false) }
         }
     }
 
@@ -169,10 +173,7 @@ struct Nodes: AsyncParsableCommand {
 
         func run() async throws {
             let id = self.id
-            guard try await database.withClient({ client, logger in try await Registry(client: client, logger: logger).remove(id: id) }) else {
-                throw CLIError("no node with id \(id)")
-            }
-            print("node \(id) removed")
+            try await database.editNode(id, done: "node \(id) removed") { try await $0.remove(id: id) }
         }
     }
 }

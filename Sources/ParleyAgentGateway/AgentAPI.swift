@@ -28,14 +28,6 @@ struct AgentAPI: Sendable {
         var password: String?
     }
 
-    struct MessageBody: Decodable {
-        var clientMsgID: String?
-        var text: String?
-        enum CodingKeys: String, CodingKey {
-            case clientMsgID = "client_msg_id"
-            case text
-        }
-    }
 
     struct AgentView: Encodable {
         var id: String
@@ -55,15 +47,6 @@ struct AgentAPI: Sendable {
         var agent: AgentView
     }
 
-    struct EventsPage: Encodable {
-        var events: [ConversationEvent]
-        var lastSeq: Int64
-        var more: Bool
-        enum CodingKeys: String, CodingKey {
-            case events, more
-            case lastSeq = "last_seq"
-        }
-    }
 
     func register(on router: Router<Context>) {
         let api = router.group("v1/agent")

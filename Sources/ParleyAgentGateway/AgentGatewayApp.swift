@@ -42,11 +42,8 @@ public enum AgentGatewayApp {
         let api = AgentAPI(
             agents: AgentStore(client: postgres, logger: logger), queries: ConversationQueries(client: postgres, logger: logger),
             relay: relay, feed: feed, secureCookies: configuration.secureCookies)
-        let router = Router(context: BasicWebSocketRequestContext.self)
-        router.add(middleware: JSONErrorMiddleware())
-        router.add(middleware: SecurityHeadersMiddleware())
         let webRoot = configuration.webRoot ?? Bundle.module.resourceURL!.appendingPathComponent("Public").path
-        router.add(middleware: FileMiddleware(webRoot, searchForIndexHtml: true, logger: logger))
+        let router = makeWebRouter(BasicWebSocketRequestContext.self, webRoot: webRoot, logger: logger)
         api.register(on: router)
         let app = Application(
             router: router,

@@ -148,6 +148,16 @@ public struct SecurityHeadersMiddleware<Context: RequestContext>: RouterMiddlewa
     }
 }
 
+/// The router of a public web listener: JSON errors, security headers, and the static pages
+/// of `webRoot` under `/`.
+public func makeWebRouter<Context: RequestContext>(_ context: Context.Type, webRoot: String, logger: Logger) -> Router<Context> {
+    let router = Router(context: Context.self)
+    router.add(middleware: JSONErrorMiddleware())
+    router.add(middleware: SecurityHeadersMiddleware())
+    router.add(middleware: FileMiddleware(webRoot, searchForIndexHtml: true, logger: logger))
+    return router
+}
+
 /// Sets up swift-log with the node id on every line.
 public enum ParleyLogging {
     public static func logger(label: String, nodeID: String, level: String?) -> Logger {

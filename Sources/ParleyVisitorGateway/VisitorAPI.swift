@@ -28,14 +28,6 @@ struct VisitorAPI: Sendable {
         var topic: String?
     }
 
-    struct MessageBody: Decodable {
-        var clientMsgID: String?
-        var text: String?
-        enum CodingKeys: String, CodingKey {
-            case clientMsgID = "client_msg_id"
-            case text
-        }
-    }
 
     struct Started: Encodable {
         var conversationID: String
@@ -60,15 +52,6 @@ struct VisitorAPI: Sendable {
         }
     }
 
-    struct EventsPage: Encodable {
-        var events: [ConversationEvent]
-        var lastSeq: Int64
-        var more: Bool
-        enum CodingKeys: String, CodingKey {
-            case events, more
-            case lastSeq = "last_seq"
-        }
-    }
 
     func register(on router: Router<Context>) {
         let conversations = router.group("v1/conversations")

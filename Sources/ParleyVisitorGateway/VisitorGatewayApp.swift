@@ -56,11 +56,8 @@ public enum VisitorGatewayApp {
         let api = VisitorAPI(
             nodeID: configuration.nodeID, hub: hub, relay: relay, tokens: tokens, health: health, secureCookies: configuration.secureCookies)
 
-        let router = Router(context: BasicWebSocketRequestContext.self)
-        router.add(middleware: JSONErrorMiddleware())
-        router.add(middleware: SecurityHeadersMiddleware())
         let webRoot = configuration.webRoot ?? Bundle.module.resourceURL!.appendingPathComponent("Public").path
-        router.add(middleware: FileMiddleware(webRoot, searchForIndexHtml: true, logger: logger))
+        let router = makeWebRouter(BasicWebSocketRequestContext.self, webRoot: webRoot, logger: logger)
         api.register(on: router)
         let app = Application(
             router: router,

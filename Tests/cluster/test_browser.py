@@ -71,8 +71,15 @@ def test_visitor_and_agent_chat_in_the_browser(cluster, browsers):
     wait(visitor).until(lambda d: any("it ships today" in t for t in texts(d)))
     # Typing is shown while it happens and never stored as an event.
     count = len(texts(visitor))
-    agent.find_element(By.ID, "text").send_keys("one more thing")
-    wait(visitor).until(lambda d: d.find_element(By.ID, "typing").is_displayed() and "Bea" in d.find_element(By.ID, "typing").text)
+    box = agent.find_element(By.ID, "text")
+
+    def agent_keeps_typing(driver):
+        # Like a person: a key now and then, while the signal is throttled to one per 2 s.
+        box.send_keys(".")
+        indicator = driver.find_element(By.ID, "typing")
+        return indicator.is_displayed() and "Bea" in indicator.text
+
+    WebDriverWait(visitor, 20, poll_frequency=0.4).until(agent_keeps_typing)
     assert len(texts(visitor)) == count
     agent.find_element(By.ID, "text").clear()
     # Markup typed by users is shown as text: no element was created from it.
