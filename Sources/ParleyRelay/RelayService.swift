@@ -49,7 +49,9 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
             let name = try Validate.optionalField(request.visitorName, name: "name", maxLength: Limits.nameMaxLength)
             let email = try Validate.email(request.visitorEmail)
             let topic = try Validate.optionalField(request.topic, name: "topic", maxLength: Limits.topicMaxLength)
-            let (id, created) = try await events.startConversation(pinnedNode: request.nodeID, visitorName: name, visitorEmail: email, topic: topic)
+            let requested = request.conversationID.isEmpty ? UUID() : try parseUUID(request.conversationID, "conversation_id")
+            let (id, created) = try await events.startConversation(
+                id: requested, pinnedNode: request.nodeID, visitorName: name, visitorEmail: email, topic: topic)
             var response = Parley_V1_StartConversationResponse()
             response.conversationID = id.uuidString.lowercased()
             response.lastSeq = 0

@@ -62,9 +62,8 @@ public struct EventStore: Sendable {
 
     /// Creates a conversation pinned to `node`.
     public func startConversation(
-        pinnedNode: String, visitorName: String, visitorEmail: String, topic: String
+        id: UUID = UUID(), pinnedNode: String, visitorName: String, visitorEmail: String, topic: String
     ) async throws -> (id: UUID, createdAtMillis: Int64) {
-        let id = UUID()
         let rows = try await transaction { tx in
             let rows = try await tx.query(
                 """
@@ -95,18 +94,26 @@ public struct EventStore: Sendable {
                 var status: String
                 var assignedAgent: UUID?
                 var pinnedNode: String?
+                var agentName: String?
                 var firstNewSeq: Int64
             }
+            // Round trips dominate a batch's time: the lock also fetches the assigned agent's name,
+            // and the writes go out as one statement. The duplicate check stays a statement of its
+            // own, after the lock, so that it sees whatever committed while the lock was awaited.
             var conversations: [UUID: Conversation] = [:]
             let locked = try await tx.query(
                 """
-                SELECT id, last_seq, status, assigned_agent, pinned_node,
+                SELECT c.id, c.last_seq, c.status, c.assigned_agent, c.pinned_node, a.name,
                        (extract(epoch FROM now()) * 1000)::int8
-                FROM conversations WHERE id = ANY(\(conversationIDs)) ORDER BY id FOR UPDATE
+                FROM conversations c LEFT JOIN agents a ON a.id = c.assigned_agent
+                WHERE c.id = ANY(\(conversationIDs)) ORDER BY c.id FOR UPDATE OF c
                 """, logger: logger)
             var now: Int64 = 0
-            for try await (id, lastSeq, status, agent, node, millis) in locked.decode((UUID, Int64, String, UUID?, String?, Int64).self) {
-                conversations[id] = Conversation(lastSeq: lastSeq, status: status, assignedAgent: agent, pinnedNode: node, firstNewSeq: lastSeq + 1)
+            for try await (id, lastSeq, status, agent, node, name, millis) in locked.decode(
+                (UUID, Int64, String, UUID?, String?, String?, Int64).self)
+            {
+                conversations[id] = Conversation(
+                    lastSeq: lastSeq, status: status, assignedAgent: agent, pinnedNode: node, agentName: name, firstNewSeq: lastSeq + 1)
                 now = millis
             }
 
@@ -135,7 +142,6 @@ public struct EventStore: Sendable {
             var outcomes: [AppendOutcome] = []
             outcomes.reserveCapacity(items.count)
             var rows: (conv: [UUID], seq: [Int64], sender: [String], text: [String], msgID: [String], agent: [String]) = ([], [], [], [], [], [])
-            var agentNames: [UUID: String] = [:]
             for item in items {
                 guard var conversation = conversations[item.conversationID] else {
                     outcomes.append(.failed(ParleyError(.notFound, "no such conversation")))
@@ -163,53 +169,40 @@ public struct EventStore: Sendable {
                 rows.text.append(item.text)
                 rows.msgID.append(item.clientMsgID)
                 rows.agent.append(item.agentID?.uuidString ?? "")
-                if let agent = item.agentID { agentNames[agent] = "" }
                 let event = ConversationEvent(
                     seq: conversation.lastSeq, type: ConversationEvent.Kind.message, sender: item.sender,
                     text: item.text, clientMsgID: item.clientMsgID, createdAtMillis: now,
-                    agent: item.agentID.map { AgentRef(id: $0.uuidString.lowercased(), name: "") })
+                    agent: item.agentID.map { AgentRef(id: $0.uuidString.lowercased(), name: conversation.agentName ?? "") })
                 outcomes.append(.stored(event, pinnedNode: conversation.pinnedNode))
             }
             guard !rows.conv.isEmpty else { return outcomes }
-
-            try await tx.query(
-                """
-                INSERT INTO events (conversation_id, seq, type, sender, text, client_msg_id, agent_id, created_at)
-                SELECT c, s, 'message', snd, txt, m, NULLIF(a, '')::uuid, now()
-                FROM unnest(\(rows.conv), \(rows.seq), \(rows.sender), \(rows.text), \(rows.msgID), \(rows.agent)) AS u(c, s, snd, txt, m, a)
-                """, logger: logger)
 
             // One summary row per conversation: the last message of the batch.
             var last: [UUID: Int] = [:]
             for index in rows.conv.indices { last[rows.conv[index]] = index }
             let summary = last.values.sorted()
+            let notices = summary.map { index in
+                let id = rows.conv[index]
+                return "e \(id.uuidString.lowercased()) \(conversations[id]!.firstNewSeq) \(rows.seq[index])"
+            }
+            // Data-modifying CTEs run to completion whether or not the main query reads them.
             try await tx.query(
                 """
-                UPDATE conversations c
-                SET last_seq = u.seq, last_message_text = u.txt, last_message_sender = u.snd, last_message_at = now(), updated_at = now()
-                FROM unnest(\(summary.map { rows.conv[$0] }), \(summary.map { rows.seq[$0] }), \(summary.map { rows.text[$0] }), \(summary.map { rows.sender[$0] }))
-                  AS u(id, seq, txt, snd)
-                WHERE c.id = u.id
+                WITH inserted AS (
+                    INSERT INTO events (conversation_id, seq, type, sender, text, client_msg_id, agent_id, created_at)
+                    SELECT c, s, 'message', snd, txt, m, NULLIF(a, '')::uuid, now()
+                    FROM unnest(\(rows.conv), \(rows.seq), \(rows.sender), \(rows.text), \(rows.msgID), \(rows.agent)) AS u(c, s, snd, txt, m, a)
+                    RETURNING 1
+                ), summarised AS (
+                    UPDATE conversations c
+                    SET last_seq = u.seq, last_message_text = u.txt, last_message_sender = u.snd, last_message_at = now(), updated_at = now()
+                    FROM unnest(\(summary.map { rows.conv[$0] }), \(summary.map { rows.seq[$0] }), \(summary.map { rows.text[$0] }),
+                                \(summary.map { rows.sender[$0] })) AS u(id, seq, txt, snd)
+                    WHERE c.id = u.id
+                    RETURNING 1
+                )
+                SELECT pg_notify(\(Self.notifyChannel), chunk) FROM unnest(\(Self.chunks(notices))) AS chunk
                 """, logger: logger)
-
-            var notices: [String] = []
-            for index in summary {
-                let id = rows.conv[index]
-                notices.append("e \(id.uuidString.lowercased()) \(conversations[id]!.firstNewSeq) \(rows.seq[index])")
-            }
-            try await Self.notify(notices, on: tx, logger: logger)
-
-            if !agentNames.isEmpty {
-                let names = try await tx.query("SELECT id, name FROM agents WHERE id = ANY(\(Array(agentNames.keys)))", logger: logger)
-                for try await (id, name) in names.decode((UUID, String).self) { agentNames[id] = name }
-                outcomes = outcomes.map { outcome in
-                    guard case .stored(var event, let node) = outcome, let agent = event.agent,
-                        let id = UUID(uuidString: agent.id), let name = agentNames[id]
-                    else { return outcome }
-                    event.agent = AgentRef(id: agent.id, name: name)
-                    return .stored(event, pinnedNode: node)
-                }
-            }
             return outcomes
         }
     }
@@ -224,19 +217,23 @@ public struct EventStore: Sendable {
         }
     }
 
-    /// NOTIFY payloads are capped at 8000 bytes by PostgreSQL: send lines in chunks.
-    static func notify(_ lines: [String], on connection: PostgresConnection, logger: Logger) async throws {
+    /// NOTIFY payloads are capped at 8000 bytes by PostgreSQL: lines go in chunks below that.
+    static func chunks(_ lines: [String]) -> [String] {
+        var chunks: [String] = []
         var chunk = ""
         for line in lines {
-            if chunk.utf8.count + line.utf8.count + 1 > 7000 {
-                try await connection.query("SELECT pg_notify(\(notifyChannel), \(chunk))", logger: logger)
+            if !chunk.isEmpty && chunk.utf8.count + line.utf8.count + 1 > 7000 {
+                chunks.append(chunk)
                 chunk = ""
             }
             chunk += chunk.isEmpty ? line : "\n" + line
         }
-        if !chunk.isEmpty {
-            try await connection.query("SELECT pg_notify(\(notifyChannel), \(chunk))", logger: logger)
-        }
+        if !chunk.isEmpty { chunks.append(chunk) }
+        return chunks
+    }
+
+    static func notify(_ lines: [String], on connection: PostgresConnection, logger: Logger) async throws {
+        try await connection.query("SELECT pg_notify(\(notifyChannel), chunk) FROM unnest(\(chunks(lines))) AS chunk", logger: logger)
     }
 
     /// Assigns a queued conversation to an agent and appends an `agent_joined` event.

@@ -86,9 +86,18 @@ struct VisitorAPI: Sendable {
         call.visitorName = try Validate.optionalField(body.name, name: "name", maxLength: Limits.nameMaxLength)
         call.visitorEmail = try Validate.email(body.email)
         call.topic = try Validate.optionalField(body.topic, name: "topic", maxLength: Limits.topicMaxLength)
-        let started = try await relay.start(call)
-        guard let id = UUID(uuidString: started.conversationID) else { throw ParleyError(.internalError, "bad conversation id from the relay") }
+        // Hold the conversation before it exists anywhere: an agent may claim it the moment it
+        // is committed, and that delivery must find it here.
+        let id = UUID()
+        call.conversationID = id.uuidString.lowercased()
         _ = hub.started(id)
+        let started: Parley_V1_StartConversationResponse
+        do {
+            started = try await relay.start(call)
+        } catch {
+            hub.evict(id)
+            throw error
+        }
         let token = tokens.sign(conversationID: id)
         var headers = nodeCookie()
         headers.append(HTTPField(name: .setCookie, value: tokenCookie(token, id)))

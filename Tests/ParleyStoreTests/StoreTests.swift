@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 import ParleyCore
-import ParleyStore
+@testable import ParleyStore
 import PostgresNIO
 import Testing
 
@@ -193,5 +193,16 @@ struct StoreTests {
             let afterDisable = try await agents.agent(forSession: token)
             #expect(afterDisable == nil)
         }
+    }
+}
+
+@Suite struct NotifyChunkTests {
+    @Test func chunksStayUnderPostgresLimitAndKeepEveryLine() {
+        let lines = (0..<600).map { "e \(UUID().uuidString.lowercased()) \($0) \($0 + 1)" }
+        let chunks = EventStore.chunks(lines)
+        #expect(chunks.count > 1)
+        #expect(chunks.allSatisfy { $0.utf8.count <= 7000 })
+        #expect(chunks.flatMap { $0.split(separator: "\n").map(String.init) } == lines)
+        #expect(EventStore.chunks([]).isEmpty)
     }
 }

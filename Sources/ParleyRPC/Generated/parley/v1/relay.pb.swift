@@ -155,6 +155,10 @@ package nonisolated struct Parley_V1_StartConversationRequest: Sendable {
 
   package var topic: String = String()
 
+  /// Chosen by the gateway, so that it holds the conversation in memory before anyone can
+  /// write to it; the relay generates one when empty.
+  package var conversationID: String = String()
+
   package var unknownFields = SwiftProtobuf.UnknownStorage()
 
   package init() {}
@@ -575,7 +579,7 @@ nonisolated extension Parley_V1_RegisterNodeResponse: SwiftProtobuf.Message, Swi
 
 nonisolated extension Parley_V1_StartConversationRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   package static let protoMessageName: String = _protobuf_package + ".StartConversationRequest"
-  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}visitor_name\0\u{3}visitor_email\0\u{1}topic\0")
+  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}visitor_name\0\u{3}visitor_email\0\u{1}topic\0\u{3}conversation_id\0")
 
   package mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -587,6 +591,7 @@ nonisolated extension Parley_V1_StartConversationRequest: SwiftProtobuf.Message,
       case 2: try { try decoder.decodeSingularStringField(value: &self.visitorName) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.visitorEmail) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.topic) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.conversationID) }()
       default: break
       }
     }
@@ -605,6 +610,9 @@ nonisolated extension Parley_V1_StartConversationRequest: SwiftProtobuf.Message,
     if !self.topic.isEmpty {
       try visitor.visitSingularStringField(value: self.topic, fieldNumber: 4)
     }
+    if !self.conversationID.isEmpty {
+      try visitor.visitSingularStringField(value: self.conversationID, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -613,6 +621,7 @@ nonisolated extension Parley_V1_StartConversationRequest: SwiftProtobuf.Message,
     if lhs.visitorName != rhs.visitorName {return false}
     if lhs.visitorEmail != rhs.visitorEmail {return false}
     if lhs.topic != rhs.topic {return false}
+    if lhs.conversationID != rhs.conversationID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
