@@ -12,8 +12,8 @@ TOPOLOGY = os.path.join(ROOT, "deploy", "netns", "topology.sh")
 PREFIX = "pltest"
 
 
-def run(*args, check=True):
-    env = dict(os.environ, PARLEY_NETNS_PREFIX=PREFIX)
+def run(*args, check=True, prefix=PREFIX):
+    env = dict(os.environ, PARLEY_NETNS_PREFIX=prefix)
     return subprocess.run([TOPOLOGY, *args], env=env, capture_output=True, text=True, check=check, timeout=60)
 
 
@@ -60,9 +60,9 @@ def test_zones_share_no_route_and_the_relay_sits_on_both(topology):
 
 
 def test_down_leaves_no_namespace_behind():
-    # Its own topology, so that the check runs after a complete teardown.
-    run("up", "1", "1", "1")
-    assert f"{PREFIX}-vg1" in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    run("down")
+    # A topology of its own (another prefix), so that the check runs after a complete teardown.
+    run("up", "1", "1", "1", prefix="pltdown")
+    assert "pltdown-vg1" in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    run("down", prefix="pltdown")
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert f"{PREFIX}-" not in names
+    assert "pltdown-" not in names
