@@ -414,3 +414,26 @@ def test_typing_is_ephemeral_both_ways(cluster):
     assert other.post(f"/v1/agent/conversations/{visitor.conversation}/typing").status_code == 403
     visitor_ws.close()
     agent_ws.close()
+
+
+def test_relay_killed_and_restarted_loses_nothing(cluster):
+    visitor, agent = open_conversation(cluster)
+    visitor.send_until_acked("before the crash")
+    cluster.relay.kill()
+    try:
+        # While the relay is down, writes are refused with a clear, retryable error.
+        refused = visitor.send("while the relay is down", client_msg_id="during-outage")
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"
+        # Reads of what the gateway holds keep working.
+        assert visitor.poll()["last_seq"] >= 1
+    finally:
+        cluster.relay.start()
+    wait_until(lambda: cluster.relay.health().status_code == 200, what="relay back")
+    # The client retries with the same id until the relay takes it; the agent replies.
+    visitor.send_until_acked("while the relay is down", client_msg_id="during-outage")
+    reply = wait_until(lambda: (lambda r: r if r.status_code == 201 else None)(agent.reply(visitor.conversation, "back again")),
+                       timeout=20, interval=0.2, what="agent reply accepted")
+    assert reply.json()["seq"] == 4
+    visitor.poll_until(lambda seen: len(seen) >= 4)
+    assert_exactly_once_in_order(visitor.seen)
+    assert [e["text"] for e in visitor.seen if e["type"] == "message"] == ["before the crash", "while the relay is down", "back again"]
