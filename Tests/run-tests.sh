@@ -32,6 +32,9 @@ psql "$admin" -qc "CREATE DATABASE parley_store_tests" >/dev/null
 export PARLEY_TEST_ADMIN_URL=$admin
 export PARLEY_TEST_DATABASE_URL=${admin%/*}/parley_store_tests
 
+echo "== generated gRPC code matches Protos/"
+./deploy/scripts/generate-protos.sh --check 2>&1 | grep -vE "unhandled; explicitly declare|CMakeLists.txt" | tail -n 1
+
 echo "== unit and PostgreSQL integration tests (swift test)"
 swift test --skip-build 2>&1 | grep -vE "unhandled; explicitly declare|CMakeLists.txt" | tee /tmp/parley-swift-test.log | grep -E "✘|error|passed|failed" | tail -n 40
 grep -qE "Test run with [0-9]+ tests? (in [0-9]+ suites? )?passed" /tmp/parley-swift-test.log || { echo "swift test failed"; exit 1; }
@@ -39,3 +42,4 @@ grep -qE "Test run with [0-9]+ tests? (in [0-9]+ suites? )?passed" /tmp/parley-s
 echo "== cluster and browser tests (pytest)"
 export PARLEY_BIN_DIR=$bin
 python3 -m pytest -q -p no:cacheprovider Tests/cluster "$@"
+
