@@ -1,5 +1,5 @@
 # The front door: the same commands a developer and CI run.
-.PHONY: run test build protos check-protos bench clean
+.PHONY: run test build protos check-protos bench chaos clean
 
 run:
 	./deploy/local/run.sh
@@ -18,6 +18,9 @@ check-protos:
 
 bench:
 	./Tests/bench/run-bench.sh
+
+chaos:
+	./Tests/chaos/run-chaos.sh
 
 clean:
 	rm -rf .build .run

@@ -39,7 +39,11 @@ echo "== unit and PostgreSQL integration tests (swift test)"
 swift test --skip-build 2>&1 | grep -vE "unhandled; explicitly declare|CMakeLists.txt" | tee /tmp/parley-swift-test.log | grep -E "✘|error|passed|failed" | tail -n 40
 grep -qE "Test run with [0-9]+ tests? (in [0-9]+ suites? )?passed" /tmp/parley-swift-test.log || { echo "swift test failed"; exit 1; }
 
-echo "== cluster and browser tests (pytest)"
+echo "== fault injection, short (make chaos runs every class with 20 seeds)"
+python3 Tests/chaos/run_chaos.py --bin "$bin" --seeds 1 --conversations 4 --out "$(mktemp -d /tmp/parley-chaos.XXXXXX)" \
+  --pg-port $((pgport + 1)) --classes kill-visitor-gateway,kill-relay,postgres-crash,client-abandons-send | tail -n 7
+
+echo "== cluster, browser and checker tests (pytest)"
 export PARLEY_BIN_DIR=$bin
-python3 -m pytest -q -p no:cacheprovider Tests/cluster "$@"
+python3 -m pytest -q -p no:cacheprovider Tests/cluster Tests/chaos "$@"
 

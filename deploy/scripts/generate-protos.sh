@@ -4,9 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v protoc >/dev/null || apt-get install -y protobuf-compiler
-swift build --product protoc-gen-swift >/dev/null
-swift build --product protoc-gen-grpc-swift-2 >/dev/null
-bin=$(swift build --show-bin-path)
+# A build folder of their own: building the plugins in .build would flip the flags that
+# `swift build --build-tests` uses and rebuild everything the next time tests are built.
+scratch=.build-protoc
+swift build --scratch-path "$scratch" --product protoc-gen-swift >/dev/null
+swift build --scratch-path "$scratch" --product protoc-gen-grpc-swift-2 >/dev/null
+bin=$(swift build --scratch-path "$scratch" --show-bin-path)
 out=Sources/ParleyRPC/Generated
 target=$out
 if [ "${1:-}" = "--check" ]; then target=$(mktemp -d); fi
