@@ -64,6 +64,9 @@ public final class ConversationLog: Sendable {
     /// The last sequence number held.
     public var lastSeq: Int64 { state.withLock { $0.lastSeq } }
 
+    /// Whether the conversation left this node (see `markMoved`).
+    public var isMoved: Bool { state.withLock { $0.moved } }
+
     /// The cursor below which reads are not covered by memory.
     public var floor: Int64 { state.withLock { $0.floor } }
 

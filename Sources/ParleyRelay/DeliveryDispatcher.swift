@@ -150,42 +150,41 @@ public final class DeliveryDispatcher: Service, Sendable {
         }
     }
 
+    /// Drains one node's outbox. Each connection's `runConnections()` is a child task of this
+    /// worker, so nothing outlives it.
     private func work(node: String) async {
-        var connection: (address: String, client: GRPCClient<HTTP2ClientTransport.Posix>, task: Task<Void, Never>)?
-        defer {
-            connection?.client.beginGracefulShutdown()
-            connection?.task.cancel()
-        }
-        while let items = await next(node) {
-            let request = Self.request(items)
-            var backoff = Duration.milliseconds(50)
-            let firstAttempt = ContinuousClock.now
-            while true {
-                do {
-                    if connection == nil {
-                        guard let address = try await resolve(node) else {
-                            throw ParleyError(.notFound, "node \(node) is not registered")
+        await withDiscardingTaskGroup { connections in
+            var client: GRPCClient<HTTP2ClientTransport.Posix>?
+            defer { client?.beginGracefulShutdown() }
+            while let items = await next(node) {
+                let request = Self.request(items)
+                var backoff = Duration.milliseconds(50)
+                let firstAttempt = ContinuousClock.now
+                while true {
+                    do {
+                        if client == nil {
+                            guard let address = try await resolve(node) else {
+                                throw ParleyError(.notFound, "node \(node) is not registered")
+                            }
+                            let connected = GRPCClient(transport: try .http2NIOPosix(target: try Self.target(address), transportSecurity: .plaintext))
+                            connections.addTask { try? await connected.runConnections() }
+                            client = connected
                         }
-                        let hostPort = try Self.target(address)
-                        let client = GRPCClient(transport: try .http2NIOPosix(target: hostPort, transportSecurity: .plaintext))
-                        connection = (address, client, Task { try? await client.runConnections() })
-                    }
-                    let delivery = Parley_V1_Delivery.Client(wrapping: connection!.client)
-                    _ = try await delivery.deliver(request, options: Self.callOptions)
-                    delivered.increment(by: items.count)
-                    break
-                } catch {
-                    failed.increment()
-                    // The node may have restarted elsewhere: resolve its address again next time.
-                    connection?.client.beginGracefulShutdown()
-                    connection?.task.cancel()
-                    connection = nil
-                    if ContinuousClock.now - firstAttempt > giveUpAfter || state.withLock({ $0.stopped }) {
-                        giveUp(node: node, items: items, error: error)
+                        _ = try await Parley_V1_Delivery.Client(wrapping: client!).deliver(request, options: Self.callOptions)
+                        delivered.increment(by: items.count)
                         break
+                    } catch {
+                        failed.increment()
+                        // The node may have restarted elsewhere: resolve its address again next time.
+                        client?.beginGracefulShutdown()
+                        client = nil
+                        if ContinuousClock.now - firstAttempt > giveUpAfter || state.withLock({ $0.stopped }) {
+                            giveUp(node: node, items: items, error: error)
+                            break
+                        }
+                        try? await Task.sleep(for: backoff)
+                        backoff = min(backoff * 2, .seconds(2))
                     }
-                    try? await Task.sleep(for: backoff)
-                    backoff = min(backoff * 2, .seconds(2))
                 }
             }
         }

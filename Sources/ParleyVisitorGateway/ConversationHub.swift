@@ -41,11 +41,11 @@ package final class ConversationHub: Service, Sendable {
 
     /// The conversation's log, resuming it through the relay if this node does not hold it.
     package func open(_ id: UUID, cursor: Int64) async throws -> ConversationLog {
-        if let log = existing(id), log.read(after: log.lastSeq) != .moved { return log }
+        if let log = existing(id), !log.isMoved { return log }
         let page = try await relay.resume(conversation: id, node: nodeID, after: cursor)
         let log = ConversationLog(floor: page.floor, events: page.events.map(\.domain), capacity: capacity)
         let kept = logs.withLock { logs -> ConversationLog in
-            if let current = logs[id], current.read(after: current.lastSeq) != .moved { return current }
+            if let current = logs[id], !current.isMoved { return current }
             logs[id] = log
             return log
         }
