@@ -15,8 +15,8 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}..."
   apt-get install -y "${need[@]}" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "${need[@]}" >/dev/null; }
 fi
-python3 -c "import pytest, requests, websocket, selenium" 2>/dev/null ||
-  python3 -m pip install -q pytest requests websocket-client selenium
+python3 -c "import pytest, requests, websocket, selenium, yaml, openapi_spec_validator" 2>/dev/null ||
+  python3 -m pip install -q pytest requests websocket-client selenium pyyaml openapi-spec-validator
 
 echo "== build"
 swift build --build-tests 2>&1 | grep -vE "unhandled; explicitly declare|CMakeLists.txt" | tail -n 3
