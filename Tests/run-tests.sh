@@ -41,7 +41,7 @@ grep -qE "Test run with [0-9]+ tests? (in [0-9]+ suites? )?passed" /tmp/parley-s
 
 echo "== fault injection, short (make chaos runs every class with 20 seeds)"
 python3 Tests/chaos/run_chaos.py --bin "$bin" --seeds 1 --conversations 4 --out "$(mktemp -d /tmp/parley-chaos.XXXXXX)" \
-  --pg-port $((pgport + 1)) --classes kill-visitor-gateway,kill-relay,postgres-crash,client-abandons-send | tail -n 7
+  --pg-port $((pgport + 1)) --classes kill-visitor-gateway,kill-relay,postgres-crash,drain-visitor-gateway,client-abandons-send | tail -n 8
 
 echo "== cluster, browser and checker tests (pytest)"
 export PARLEY_BIN_DIR=$bin

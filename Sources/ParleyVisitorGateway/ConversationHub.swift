@@ -13,6 +13,9 @@ import Synchronization
 /// never shown: the hub fetches the missing ones from the relay first.
 package final class ConversationHub: Service, Sendable {
     private let logs = Mutex<[UUID: ConversationLog]>([:])
+    /// Resumes in flight, and whether an eviction arrived meanwhile: such an eviction may be
+    /// for the pin this resume is taking, so the log it builds must not be trusted.
+    private let resuming = Mutex<[UUID: (count: Int, evicted: Bool)]>([:])
     private let relay: RelayLink
     private let nodeID: String
     private let capacity: Int
@@ -41,23 +44,50 @@ package final class ConversationHub: Service, Sendable {
 
     /// The conversation's log, resuming it through the relay if this node does not hold it.
     package func open(_ id: UUID, cursor: Int64) async throws -> ConversationLog {
-        if let log = existing(id), !log.isMoved { return log }
-        let page = try await relay.resume(conversation: id, node: nodeID, after: cursor)
-        let log = ConversationLog(floor: page.floor, events: page.events.map(\.domain), capacity: capacity)
-        let kept = logs.withLock { logs -> ConversationLog in
-            if let current = logs[id], !current.isMoved { return current }
-            logs[id] = log
-            return log
+        for _ in 0..<3 {
+            if let log = existing(id), !log.isMoved { return log }
+            resuming.withLock { $0[id, default: (0, false)].count += 1 }
+            let page: Parley_V1_ResumeResponse
+            do {
+                page = try await relay.resume(conversation: id, node: nodeID, after: cursor)
+            } catch {
+                _ = finishResume(id)
+                throw error
+            }
+            let log = ConversationLog(floor: page.floor, events: page.events.map(\.domain), capacity: capacity)
+            // Another node re-pinned the conversation while this resume was in flight: its
+            // eviction found no log to mark, and this one could wait forever. Resume again.
+            if finishResume(id) { continue }
+            let kept = logs.withLock { logs -> ConversationLog in
+                if let current = logs[id], !current.isMoved { return current }
+                logs[id] = log
+                return log
+            }
+            inMemory.record(count)
+            // Events committed after the relay's read were delivered here before this log existed,
+            // and so dropped: fetch them now. Later deliveries find the log.
+            if kept === log { await fill(id, log) }
+            return kept
         }
-        inMemory.record(count)
-        // Events committed after the relay's read were delivered here before this log existed,
-        // and so dropped: fetch them now. Later deliveries find the log.
-        if kept === log { await fill(id, log) }
-        return kept
+        throw ParleyError(.unavailable, "the conversation keeps moving between nodes; retry")
+    }
+
+    /// Ends one resume of `id`; true when an eviction arrived while it was in flight.
+    private func finishResume(_ id: UUID) -> Bool {
+        resuming.withLock { resuming in
+            guard var entry = resuming[id] else { return false }
+            let evicted = entry.evicted
+            entry.count -= 1
+            resuming[id] = entry.count == 0 ? nil : entry
+            return evicted
+        }
     }
 
     /// Drops a conversation and wakes its readers so they reload it.
     package func evict(_ id: UUID) {
+        resuming.withLock { resuming in
+            if resuming[id] != nil { resuming[id]!.evicted = true }
+        }
         let log = logs.withLock { $0.removeValue(forKey: id) }
         log?.markMoved()
     }

@@ -149,6 +149,8 @@ struct VisitorAPI: Sendable {
     /// Reads after a cursor from memory, waiting up to `wait`; older history comes from the relay.
     func read(_ id: UUID, after: Int64, wait: Duration) async throws -> EventsPage {
         for attempt in 0..<3 {
+            // A draining node keeps no reader, not even one connected before the drain began.
+            guard health.current == .ready else { throw ParleyError(.draining, "this node is draining; reconnect to continue") }
             let log = try await hub.open(id, cursor: after)
             switch await log.wait(after: after, timeout: wait) {
             case .events(let events, let lastSeq, let more):
