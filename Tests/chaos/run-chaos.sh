@@ -7,5 +7,5 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 command -v haproxy >/dev/null || apt-get install -y haproxy >/dev/null
 python3 -c "import requests, websocket" 2>/dev/null || python3 -m pip install -q requests websocket-client
-swift build 2>&1 | grep -vE "unhandled; explicitly declare|CMakeLists.txt" | tail -n 1
+swift build --build-tests 2>&1 | grep -vE "unhandled; explicitly declare|CMakeLists.txt" | tail -n 1
 exec python3 Tests/chaos/run_chaos.py --bin "$(swift build --show-bin-path)" --out "${PARLEY_CHAOS_OUT:-$root/.run/chaos}" "$@"

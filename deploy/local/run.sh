@@ -18,7 +18,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 echo "building..."
-swift build >/dev/null
+# --build-tests: the same flags as `make test`, so the two share one build instead of rebuilding.
+swift build --build-tests >/dev/null
 bin=$(swift build --show-bin-path)
 
 pids=()
