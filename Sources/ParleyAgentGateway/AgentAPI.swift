@@ -28,7 +28,6 @@ struct AgentAPI: Sendable {
         var password: String?
     }
 
-
     struct AgentView: Encodable {
         var id: String
         var email: String
@@ -46,7 +45,6 @@ struct AgentAPI: Sendable {
         var token: String
         var agent: AgentView
     }
-
 
     func register(on router: Router<Context>) {
         let api = router.group("v1/agent")

@@ -28,7 +28,6 @@ struct VisitorAPI: Sendable {
         var topic: String?
     }
 
-
     struct Started: Encodable {
         var conversationID: String
         var visitorToken: String
@@ -51,7 +50,6 @@ struct VisitorAPI: Sendable {
             case createdAt = "created_at"
         }
     }
-
 
     func register(on router: Router<Context>) {
         let conversations = router.group("v1/conversations")
