@@ -11,6 +11,7 @@ command -v haproxy >/dev/null || need+=(haproxy)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v nft >/dev/null || need+=(nftables)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}..."
   apt-get install -y "${need[@]}" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "${need[@]}" >/dev/null; }
@@ -39,9 +40,10 @@ echo "== unit and PostgreSQL integration tests (swift test)"
 swift test --skip-build 2>&1 | grep -vE "unhandled; explicitly declare|CMakeLists.txt" | tee /tmp/parley-swift-test.log | grep -E "✘|error|passed|failed" | tail -n 40
 grep -qE "Test run with [0-9]+ tests? (in [0-9]+ suites? )?passed" /tmp/parley-swift-test.log || { echo "swift test failed"; exit 1; }
 
-echo "== fault injection, short (make chaos runs every class with 20 seeds)"
+echo "== fault injection in the namespace topology, short (make chaos runs every class with 20 seeds)"
 python3 Tests/chaos/run_chaos.py --bin "$bin" --seeds 1 --conversations 4 --out "$(mktemp -d /tmp/parley-chaos.XXXXXX)" \
-  --pg-port $((pgport + 1)) --classes kill-visitor-gateway,kill-relay,postgres-crash,drain-visitor-gateway,client-abandons-send | tail -n 8
+  --classes kill-visitor-gateway,kill-relay,postgres-crash,partition-edge-relay,partition-relay-postgres-oneway,drain-visitor-gateway \
+  | tail -n 9
 
 echo "== cluster, browser and checker tests (pytest)"
 export PARLEY_BIN_DIR=$bin

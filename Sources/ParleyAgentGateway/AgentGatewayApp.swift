@@ -14,7 +14,8 @@ public struct AgentGatewayConfiguration: Sendable {
     public var nodeID: String
     public var httpListen: HostPort
     public var opsListen: HostPort
-    public var relayAddress: String
+    /// Every relay of the cluster (`relay.address`, comma-separated); calls fail over between them.
+    public var relayAddresses: [String]
     public var databaseURL: DatabaseURL
     public var secureCookies: Bool
     public var webRoot: String?
@@ -24,7 +25,7 @@ public struct AgentGatewayConfiguration: Sendable {
         nodeID = settings.string("node.id", default: "ag-1")
         httpListen = try HostPort(settings.string("http.listen", default: "127.0.0.1:8090"))
         opsListen = try HostPort(settings.string("ops.listen", default: "127.0.0.1:7302"))
-        relayAddress = settings.string("relay.address", default: "127.0.0.1:7100")
+        relayAddresses = settings.list("relay.address", default: ["127.0.0.1:7100"])
         databaseURL = try DatabaseURL(try settings.required("database.url"))
         secureCookies = settings.string("secure.cookies", default: "false") == "true"
         webRoot = settings.optionalString("web.root")
@@ -37,7 +38,7 @@ public enum AgentGatewayApp {
     public static func serviceGroup(configuration: AgentGatewayConfiguration, logger: Logger) throws -> ServiceGroup {
         ParleyMetrics.bootstrap()
         let postgres = PostgresClient(configuration: configuration.databaseURL.clientConfiguration(maxConnections: 8), backgroundLogger: logger)
-        let relay = try RelayLink(address: configuration.relayAddress)
+        let relay = try RelayLink(addresses: configuration.relayAddresses)
         let feed = AgentFeed(client: postgres, logger: logger)
         let api = AgentAPI(
             agents: AgentStore(client: postgres, logger: logger), queries: ConversationQueries(client: postgres, logger: logger),
@@ -63,9 +64,8 @@ public enum AgentGatewayApp {
             onStatus: { status in health.set(status.draining || status.removed ? .draining : .ready) })
         return ServiceGroup(
             configuration: .init(
-                services: [
+                services: relay.grpcClients.map { .init(service: GRPCClientService($0)) } + [
                     .init(service: postgres),
-                    .init(service: GRPCClientService(relay.grpc)),
                     .init(service: feed),
                     .init(service: heartbeat),
                     .init(service: ops),

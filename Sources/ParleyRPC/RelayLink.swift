@@ -2,21 +2,72 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import ParleyCore
+import Synchronization
 
-/// A gateway's connection to the relay: typed calls that throw `ParleyError`.
+/// A gateway's connection to the relays: typed calls that throw `ParleyError`.
 ///
-/// Its `grpc` client must run (as a `GRPCClientService`) in the gateway's ServiceGroup.
+/// A cluster may run several relays; every call goes to the relay that answered last and, if
+/// that one is unreachable or cannot reach PostgreSQL (`unavailable`), moves on to the next.
+/// That is safe because everything a gateway asks the relay is idempotent: messages carry
+/// their `client_msg_id`, conversation ids are chosen by the gateway, resumes and history are
+/// reads. Each of `grpcClients` must run (as a `GRPCClientService`) in the gateway's ServiceGroup.
 package struct RelayLink: Sendable {
-    package let grpc: GRPCClient<HTTP2ClientTransport.Posix>
-    let relay: Parley_V1_Relay.Client<HTTP2ClientTransport.Posix>
+    package let grpcClients: [GRPCClient<HTTP2ClientTransport.Posix>]
+    let relays: [Parley_V1_Relay.Client<HTTP2ClientTransport.Posix>]
+    /// The addresses, in the order of `grpcClients`.
+    package let addresses: [String]
+    private let preferred: Preferred
 
-    package init(address: String) throws {
-        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
-            throw ParleyError(.invalidRequest, "the relay address must be host:port, not \(address)")
+    /// - Parameter addresses: every relay's `host:port`.
+    package init(addresses: [String]) throws {
+        guard !addresses.isEmpty, addresses.count <= 16 else {
+            throw ParleyError(.invalidRequest, "relay.address must list 1 to 16 relays as host:port, comma-separated")
         }
-        let host = String(address[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-        grpc = GRPCClient(transport: try .http2NIOPosix(target: .dns(host: host, port: port), transportSecurity: .plaintext))
-        relay = Parley_V1_Relay.Client(wrapping: grpc)
+        let clients = try addresses.map { address in
+            do { return try InternalPlane.client(address) } catch {
+                throw ParleyError(.invalidRequest, "a relay address must be host:port, not \(address)")
+            }
+        }
+        self.init(grpcClients: clients, addresses: addresses, preferred: Preferred())
+    }
+
+    private init(grpcClients: [GRPCClient<HTTP2ClientTransport.Posix>], addresses: [String], preferred: Preferred) {
+        self.grpcClients = grpcClients
+        self.addresses = addresses
+        self.relays = grpcClients.map { Parley_V1_Relay.Client(wrapping: $0) }
+        self.preferred = preferred
+    }
+
+    /// One link per relay, sharing these connections: for what each relay must hear itself
+    /// (heartbeats, which carry that relay's resync requests and instance id).
+    package var each: [RelayLink] {
+        grpcClients.indices.map { RelayLink(grpcClients: [grpcClients[$0]], addresses: [addresses[$0]], preferred: Preferred()) }
+    }
+
+    /// Calls the preferred relay, then each other one while the answer is `unavailable`.
+    private func call<T>(_ body: (Parley_V1_Relay.Client<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
+        let first = preferred.index
+        var lastError: ParleyError?
+        for offset in 0..<relays.count {
+            let index = (first + offset) % relays.count
+            do {
+                let result = try await RPCErrors.calling { try await body(relays[index]) }
+                if offset > 0 { preferred.index = index }
+                return result
+            } catch let error as ParleyError where error.code == .unavailable && relays.count > 1 {
+                lastError = error
+            }
+        }
+        throw lastError ?? ParleyError(.unavailable, "no relay is reachable")
+    }
+
+    /// Which relay answered last; shared by copies of one link.
+    private final class Preferred: Sendable {
+        private let value = Mutex(0)
+        var index: Int {
+            get { value.withLock { $0 } }
+            set { value.withLock { $0 = newValue } }
+        }
     }
 
     static let options: CallOptions = {
@@ -26,15 +77,15 @@ package struct RelayLink: Sendable {
     }()
 
     package func register(_ request: Parley_V1_RegisterNodeRequest) async throws -> Parley_V1_RegisterNodeResponse {
-        try await RPCErrors.calling { try await relay.registerNode(request, options: Self.options) }
+        try await call { try await $0.registerNode(request, options: Self.options) }
     }
 
     package func start(_ request: Parley_V1_StartConversationRequest) async throws -> Parley_V1_StartConversationResponse {
-        try await RPCErrors.calling { try await relay.startConversation(request, options: Self.options) }
+        try await call { try await $0.startConversation(request, options: Self.options) }
     }
 
     package func append(_ request: Parley_V1_AppendMessageRequest) async throws -> Parley_V1_AppendMessageResponse {
-        try await RPCErrors.calling { try await relay.appendMessage(request, options: Self.options) }
+        try await call { try await $0.appendMessage(request, options: Self.options) }
     }
 
     package func resume(conversation: UUID, node: String, after: Int64) async throws -> Parley_V1_ResumeResponse {
@@ -43,7 +94,7 @@ package struct RelayLink: Sendable {
         request.nodeID = node
         request.after = after
         request.limit = Int32(Limits.maxEventsPerRead)
-        return try await RPCErrors.calling { try await relay.resume(request, options: Self.options) }
+        return try await call { try await $0.resume(request, options: Self.options) }
     }
 
     package func history(conversation: UUID, after: Int64) async throws -> Parley_V1_ResumeResponse {
@@ -51,7 +102,7 @@ package struct RelayLink: Sendable {
         request.conversationID = conversation.uuidString.lowercased()
         request.after = after
         request.limit = Int32(Limits.maxEventsPerRead)
-        return try await RPCErrors.calling { try await relay.history(request, options: Self.options) }
+        return try await call { try await $0.history(request, options: Self.options) }
     }
 
     /// Closes a conversation; `agent` is nil when the visitor closes it. Returns the closing event's seq.
@@ -59,7 +110,7 @@ package struct RelayLink: Sendable {
         var request = Parley_V1_CloseRequest()
         request.conversationID = conversation.uuidString.lowercased()
         request.agentID = agent?.uuidString.lowercased() ?? ""
-        return try await RPCErrors.calling { try await relay.close(request, options: Self.options) }.seq
+        return try await call { try await $0.close(request, options: Self.options) }.seq
     }
 
     /// Claims a queued conversation for an agent; throws `already_claimed` for every loser.
@@ -67,7 +118,7 @@ package struct RelayLink: Sendable {
         var request = Parley_V1_ClaimRequest()
         request.conversationID = conversation.uuidString.lowercased()
         request.agentID = agent.uuidString.lowercased()
-        return try await RPCErrors.calling { try await relay.claim(request, options: Self.options) }.seq
+        return try await call { try await $0.claim(request, options: Self.options) }.seq
     }
 
     /// Sends an ephemeral typing signal; `agent` is nil for the visitor.
@@ -76,7 +127,7 @@ package struct RelayLink: Sendable {
         request.conversationID = conversation.uuidString.lowercased()
         request.sender = agent == nil ? Sender.visitor.rawValue : Sender.agent.rawValue
         request.agentID = agent?.uuidString.lowercased() ?? ""
-        _ = try await RPCErrors.calling { try await relay.typing(request, options: Self.options) }
+        _ = try await call { try await $0.typing(request, options: Self.options) }
     }
 
     /// Stores an agent's message.

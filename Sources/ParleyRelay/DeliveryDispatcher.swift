@@ -166,7 +166,7 @@ public final class DeliveryDispatcher: Service, Sendable {
                             guard let address = try await resolve(node) else {
                                 throw ParleyError(.notFound, "node \(node) is not registered")
                             }
-                            let connected = GRPCClient(transport: try .http2NIOPosix(target: try Self.target(address), transportSecurity: .plaintext))
+                            let connected = try InternalPlane.client(address)
                             connections.addTask { try? await connected.runConnections() }
                             client = connected
                         }
@@ -225,13 +225,5 @@ public final class DeliveryDispatcher: Service, Sendable {
             }
         }
         return request
-    }
-
-    static func target(_ address: String) throws -> any ResolvableTarget {
-        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
-            throw ParleyError(.invalidRequest, "bad internal address \(address)")
-        }
-        let host = String(address[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-        return .dns(host: host, port: port)
     }
 }

@@ -56,7 +56,7 @@ public enum RelayApp {
         let server = GRPCServer(
             transport: .http2NIOPosix(
                 address: .ipv4(host: configuration.grpcListen.host, port: configuration.grpcListen.port),
-                transportSecurity: .plaintext),
+                transportSecurity: .plaintext, config: InternalPlane.serverConfig),
             services: [service])
         let health = NodeHealth()
         health.set(.ready)

@@ -24,6 +24,13 @@ public struct Settings: Sendable {
         reader.string(forKey: ConfigKey(key)).flatMap { $0.isEmpty ? nil : $0 }
     }
 
+    /// A list: a flag or variable holding comma-separated values (`--relay-address a:1,b:2`).
+    public func list(_ key: String, default value: [String]) -> [String] {
+        let raw = reader.stringArray(forKey: ConfigKey(key)) ?? optionalString(key).map { [$0] } ?? []
+        let items = raw.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        return items.isEmpty ? value : items
+    }
+
     public func int(_ key: String, default value: Int) throws -> Int {
         guard let raw = optionalString(key) else { return value }
         guard let number = Int(raw) else { throw ParleyError(.invalidRequest, "setting \(key) must be an integer, not \(raw)") }

@@ -69,12 +69,20 @@ public struct EventStore: Sendable {
                 """
                 INSERT INTO conversations (id, pinned_node, visitor_name, visitor_email, topic)
                 VALUES (\(id), \(pinnedNode), \(visitorName), \(visitorEmail), \(topic))
+                ON CONFLICT (id) DO NOTHING
                 RETURNING (extract(epoch FROM created_at) * 1000)::int8
                 """, logger: logger)
-            var created: Int64 = 0
-            for try await millis in rows.decode(Int64.self) { created = millis }
-            try await tx.query("SELECT pg_notify(\(Self.notifyChannel), \("c \(id.uuidString.lowercased())"))", logger: logger)
-            return created
+            for try await millis in rows.decode(Int64.self) {
+                try await tx.query("SELECT pg_notify(\(Self.notifyChannel), \("c \(id.uuidString.lowercased())"))", logger: logger)
+                return millis
+            }
+            // A retry of a start that committed (its answer was lost, or it went to another
+            // relay): the same gateway gets the same conversation; anyone else a refusal.
+            let existing = try await tx.query(
+                "SELECT (extract(epoch FROM created_at) * 1000)::int8 FROM conversations WHERE id = \(id) AND pinned_node = \(pinnedNode)",
+                logger: logger)
+            for try await millis in existing.decode(Int64.self) { return millis }
+            throw ParleyError(.invalidRequest, "conversation id \(id.uuidString.lowercased()) is already taken")
         }
         return (id, rows)
     }

@@ -17,40 +17,52 @@ struct NodeLifecycle: Service {
     let logger: Logger
 
     func run() async throws {
-        var registered = false
-        var relayInstance = ""
-        var lastBeatFailed = false
         try await withGracefulShutdownHandler {
-            while !Task.isCancelled && !Task.isShuttingDownGracefully {
-                do {
-                    var request = Parley_V1_RegisterNodeRequest()
-                    request.node = node
-                    request.node.connections = Int64(connections.current)
-                    request.heartbeat = registered
-                    let response = try await relay.register(request)
-                    if !registered { logger.info("registered with the relay") }
-                    registered = true
-                    apply(draining: response.draining || response.removed)
-                    if response.removed { logger.warning("this node was removed from the registry; it takes no new visitors") }
-                    if (lastBeatFailed || response.relayInstance != relayInstance) && !relayInstance.isEmpty {
-                        // Deliveries may have been lost with the relay or the link: catch up on everything held.
-                        logger.info("relay restarted or was unreachable; refreshing conversations in memory")
-                        await hub.refreshAll()
-                    } else {
-                        await hub.refresh(response.resyncConversationIds.compactMap(UUID.init(uuidString:)))
-                    }
-                    relayInstance = response.relayInstance
-                    lastBeatFailed = false
-                } catch {
-                    lastBeatFailed = true
-                    logger.warning("heartbeat to the relay failed", metadata: ["parley.error": "\(error)"])
+            // Every relay hears from this node itself: each keeps its own resync requests and
+            // instance id, and any of them may be the one delivering to this node.
+            await withTaskGroup(of: Void.self) { group in
+                for link in relay.each {
+                    group.addTask { await heartbeat(link) }
                 }
-                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
             }
         } onGracefulShutdown: {
             // SIGTERM: fail the health check first so the load balancer stops sending visitors here.
             health.set(.stopping)
             hub.moveEveryone()
+        }
+    }
+
+    private func heartbeat(_ link: RelayLink) async {
+        var registered = false
+        var relayInstance = ""
+        var lastBeatFailed = false
+        var logger = logger
+        logger[metadataKey: "parley.relay"] = "\(link.addresses[0])"
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                var request = Parley_V1_RegisterNodeRequest()
+                request.node = node
+                request.node.connections = Int64(connections.current)
+                request.heartbeat = registered
+                let response = try await link.register(request)
+                if !registered { logger.info("registered with the relay") }
+                registered = true
+                apply(draining: response.draining || response.removed)
+                if response.removed { logger.warning("this node was removed from the registry; it takes no new visitors") }
+                if (lastBeatFailed || response.relayInstance != relayInstance) && !relayInstance.isEmpty {
+                    // Deliveries may have been lost with the relay or the link: catch up on everything held.
+                    logger.info("relay restarted or was unreachable; refreshing conversations in memory")
+                    await hub.refreshAll()
+                } else {
+                    await hub.refresh(response.resyncConversationIds.compactMap(UUID.init(uuidString:)))
+                }
+                relayInstance = response.relayInstance
+                lastBeatFailed = false
+            } catch {
+                lastBeatFailed = true
+                logger.warning("heartbeat to the relay failed", metadata: ["parley.error": "\(error)"])
+            }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
         }
     }
 

@@ -17,7 +17,8 @@ public struct VisitorGatewayConfiguration: Sendable {
     public var internalListen: HostPort
     public var internalAdvertise: String
     public var opsListen: HostPort
-    public var relayAddress: String
+    /// Every relay of the cluster (`relay.address`, comma-separated); calls fail over between them.
+    public var relayAddresses: [String]
     public var tokenKeys: [String: [UInt8]]
     public var tokenKeyID: String
     public var memoryEvents: Int
@@ -35,7 +36,7 @@ public struct VisitorGatewayConfiguration: Sendable {
         internalListen = try HostPort(settings.string("internal.listen", default: "127.0.0.1:7201"))
         internalAdvertise = settings.optionalString("internal.advertise") ?? internalListen.description
         opsListen = try HostPort(settings.string("ops.listen", default: "127.0.0.1:7202"))
-        relayAddress = settings.string("relay.address", default: "127.0.0.1:7100")
+        relayAddresses = settings.list("relay.address", default: ["127.0.0.1:7100"])
         tokenKeys = try VisitorTokenSigner.parseKeys(try settings.required("visitor.token.keys"))
         tokenKeyID = settings.optionalString("visitor.token.kid") ?? tokenKeys.keys.sorted().last ?? ""
         memoryEvents = try settings.int("memory.events", default: 1000)
@@ -49,7 +50,7 @@ public struct VisitorGatewayConfiguration: Sendable {
 public enum VisitorGatewayApp {
     public static func serviceGroup(configuration: VisitorGatewayConfiguration, logger: Logger) throws -> ServiceGroup {
         ParleyMetrics.bootstrap()
-        let relay = try RelayLink(address: configuration.relayAddress)
+        let relay = try RelayLink(addresses: configuration.relayAddresses)
         let tokens = try VisitorTokenSigner(keys: configuration.tokenKeys, currentKeyID: configuration.tokenKeyID)
         let health = NodeHealth()
         let hub = ConversationHub(relay: relay, nodeID: configuration.nodeID, capacity: configuration.memoryEvents, logger: logger)
@@ -68,7 +69,7 @@ public enum VisitorGatewayApp {
         let delivery = GRPCServer(
             transport: .http2NIOPosix(
                 address: .ipv4(host: configuration.internalListen.host, port: configuration.internalListen.port),
-                transportSecurity: .plaintext),
+                transportSecurity: .plaintext, config: InternalPlane.serverConfig),
             services: [DeliveryHandler(hub: hub)])
         var node = Parley_V1_NodeInfo()
         node.id = configuration.nodeID
@@ -83,8 +84,7 @@ public enum VisitorGatewayApp {
             address: configuration.opsListen, health: health, nodeID: configuration.nodeID, role: "visitor_gateway", logger: logger)
         return ServiceGroup(
             configuration: .init(
-                services: [
-                    .init(service: GRPCClientService(relay.grpc)),
+                services: relay.grpcClients.map { .init(service: GRPCClientService($0)) } + [
                     .init(service: GRPCServerService(delivery)),
                     .init(service: hub),
                     .init(service: app),

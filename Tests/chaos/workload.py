@@ -83,6 +83,7 @@ class VisitorClient:
 
     def record(self, event):
         if event.get("seq", 0) > 0:
+            event["_at"] = time.time()  # arrival, for the convergence time
             self.received.append(event)
             self.cursor = max(self.cursor, event["seq"])
 
@@ -199,6 +200,7 @@ class AgentClient:
                 if r.status_code != 200:
                     raise IOError(r.status_code)
                 for event in r.json()["events"]:
+                    event["_at"] = time.time()
                     self.received.append(event)
                     self.cursor = max(self.cursor, event["seq"])
                 time.sleep(0.1)

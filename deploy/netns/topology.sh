@@ -30,18 +30,21 @@ add_host() { # host zone index
   ip netns list | grep -qw "$(ns "$host")" || { ip netns add "$(ns "$host")"; ip -n "$(ns "$host")" link set lo up; }
   # Interface names are at most 15 characters: v<zone letter><index> on both ends.
   local outer="v${zone:0:1}$index" inner="eth-$zone"
-  ip link add "$outer" type veth peer name "$inner" netns "$(ns "$host")"
-  ip link set "$outer" netns "$(ns net)"
+  # Made inside the bridges' namespace, so topologies with other prefixes never collide.
+  ip -n "$(ns net)" link add "$outer" type veth peer name "$inner" netns "$(ns "$host")"
   ip -n "$(ns net)" link set "$outer" master "$bridge" up
   ip -n "$(ns "$host")" addr add "$net.$index/24" dev "$inner"
   ip -n "$(ns "$host")" link set "$inner" up
   echo "$host $zone $net.$index" >> "$state/hosts"
 }
 
+# `ip netns add` and mounts under /run/netns race between concurrent callers: one at a time.
+case ${1:-} in up|down) exec 9>/run/parley-netns.lock; flock 9 ;; esac
+
 case ${1:-} in
 up)
   vgs=${2:-3}; ags=${3:-2}; relays=${4:-1}
-  "$0" down >/dev/null 2>&1 || true
+  for n in $(ip netns list | awk '{print $1}' | grep "^$prefix-" || true); do ip netns del "$n"; done
   mkdir -p "$state"; : > "$state/hosts"
   ip netns add "$(ns net)"
   for bridge in edge int; do
