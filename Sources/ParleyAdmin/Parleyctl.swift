@@ -3,6 +3,7 @@ import Foundation
 import HummingbirdBcrypt
 import Logging
 import ParleyCore
+import ParleyRPC
 import ParleyStore
 import PostgresNIO
 
@@ -10,8 +11,8 @@ import PostgresNIO
 public struct Parleyctl: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "parleyctl",
-        abstract: "Administer a Parley cluster: database, node registry, agents, load balancer.",
-        subcommands: [DB.self, Nodes.self, Agents.self, LB.self])
+        abstract: "Administer a Parley cluster: database, node registry, agents, load balancer, certificates.",
+        subcommands: [DB.self, Nodes.self, Agents.self, LB.self, Certs.self])
 
     public init() {}
 }
@@ -261,6 +262,44 @@ struct LB: AsyncParsableCommand {
             } else {
                 print(config, terminator: "")
             }
+        }
+    }
+}
+
+struct Certs: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The internal plane's certificates: a private CA and one certificate per node.", subcommands: [Init.self, Issue.self])
+
+    struct Init: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create the cluster's CA (ca.pem, and ca.key readable by its owner only).")
+        @Option(help: "The CA's folder.") var dir: String = "certs"
+
+        func run() async throws {
+            do {
+                let ca = try CertificateAuthority.create(in: URL(fileURLWithPath: dir))
+                print("created \(ca.folder.appendingPathComponent("ca.pem").path); keep ca.key private")
+            } catch let error as ParleyError { throw CLIError(error.message) }
+        }
+    }
+
+    struct Issue: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Issue a node's certificate and key (<node>.pem, <node>.key), naming its role for the peers to check.")
+        @Option(help: "The CA's folder.") var dir: String = "certs"
+        @Option(help: "relay, visitor-gateway or agent-gateway.") var role: String
+        @Option(help: "The node id (as in --node-id).") var node: String
+        @Option(name: .customLong("host"), help: "A host name or IP address the node is reached at (repeatable).") var hosts: [String] = []
+        @Option(help: "Where to write the files (default: the CA's folder).") var out: String?
+
+        func run() async throws {
+            guard let role = PeerRole(rawValue: role) else {
+                throw CLIError("--role must be one of \(PeerRole.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            do {
+                let ca = try CertificateAuthority.open(URL(fileURLWithPath: dir))
+                let (certificate, key) = try ca.issue(role: role, node: node, hosts: hosts, output: URL(fileURLWithPath: out ?? dir))
+                print("issued \(certificate.path) and \(key.path) for \(role.rawValue) \(node)")
+            } catch let error as ParleyError { throw CLIError(error.message) }
         }
     }
 }

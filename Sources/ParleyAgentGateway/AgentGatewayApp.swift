@@ -17,6 +17,8 @@ public struct AgentGatewayConfiguration: Sendable {
     /// Every relay of the cluster (`relay.address`, comma-separated); calls fail over between them.
     public var relayAddresses: [String]
     public var databaseURL: DatabaseURL
+    /// Mutual TLS on the internal plane (`tls.ca`, `tls.cert`, `tls.key`), or an explicit `internal.plaintext`.
+    public var internalSecurity: InternalSecurity
     public var secureCookies: Bool
     public var webRoot: String?
     public var logLevel: String?
@@ -27,6 +29,9 @@ public struct AgentGatewayConfiguration: Sendable {
         opsListen = try HostPort(settings.string("ops.listen", default: "127.0.0.1:7302"))
         relayAddresses = settings.list("relay.address", default: ["127.0.0.1:7100"])
         databaseURL = try DatabaseURL(try settings.required("database.url"))
+        internalSecurity = try InternalSecurity(
+            ca: settings.optionalString("tls.ca"), certificate: settings.optionalString("tls.cert"), key: settings.optionalString("tls.key"),
+            plaintext: settings.string("internal.plaintext", default: "false") == "true")
         secureCookies = settings.string("secure.cookies", default: "false") == "true"
         webRoot = settings.optionalString("web.root")
         logLevel = settings.optionalString("log.level")
@@ -38,7 +43,7 @@ public enum AgentGatewayApp {
     public static func serviceGroup(configuration: AgentGatewayConfiguration, logger: Logger) throws -> ServiceGroup {
         ParleyMetrics.bootstrap()
         let postgres = PostgresClient(configuration: configuration.databaseURL.clientConfiguration(maxConnections: 8), backgroundLogger: logger)
-        let relay = try RelayLink(addresses: configuration.relayAddresses)
+        let relay = try RelayLink(addresses: configuration.relayAddresses, security: configuration.internalSecurity)
         let feed = AgentFeed(client: postgres, logger: logger)
         let api = AgentAPI(
             agents: AgentStore(client: postgres, logger: logger), queries: ConversationQueries(client: postgres, logger: logger),
@@ -63,7 +68,7 @@ public enum AgentGatewayApp {
             logger: logger,
             onStatus: { status in health.set(status.draining || status.removed ? .draining : .ready) })
         return ServiceGroup(
-            configuration: .init(
+            configuration: .parley(
                 services: relay.grpcClients.map { .init(service: GRPCClientService($0)) } + [
                     .init(service: postgres),
                     .init(service: feed),
@@ -71,7 +76,6 @@ public enum AgentGatewayApp {
                     .init(service: ops),
                     .init(service: app),
                 ],
-                gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
     }
 }

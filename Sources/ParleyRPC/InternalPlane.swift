@@ -25,12 +25,22 @@ package enum InternalPlane {
         }
     }
 
-    /// A client for `address` (`host:port`).
-    package static func client(_ address: String) throws -> GRPCClient<HTTP2ClientTransport.Posix> {
+    /// A client for `address` (`host:port`) whose server's certificate must name `serverName`
+    /// when TLS is on (`PeerRole.dnsName` for any node of a role, `PeerRole.nodeDNSName` for one).
+    package static func client(
+        _ address: String, security: InternalSecurity, serverName: String
+    ) throws -> GRPCClient<HTTP2ClientTransport.Posix> {
         guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]), (1...65535).contains(port) else {
             throw ParleyError(.invalidRequest, "an internal address must be host:port, not \(address)")
         }
         let host = String(address[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-        return GRPCClient(transport: try .http2NIOPosix(target: .dns(host: host, port: port), transportSecurity: .plaintext, config: clientConfig))
+        var config = clientConfig
+        if case .mutualTLS = security {
+            // The name TLS verifies (and sends as SNI): a node's certificate vouches for its
+            // role and node id, not for an address.
+            config.http2.authority = serverName
+        }
+        return GRPCClient(
+            transport: try .http2NIOPosix(target: .dns(host: host, port: port), transportSecurity: security.client, config: config))
     }
 }

@@ -19,12 +19,12 @@ package struct RelayLink: Sendable {
     private let preferred: Preferred
 
     /// - Parameter addresses: every relay's `host:port`.
-    package init(addresses: [String]) throws {
+    package init(addresses: [String], security: InternalSecurity) throws {
         guard !addresses.isEmpty, addresses.count <= 16 else {
             throw ParleyError(.invalidRequest, "relay.address must list 1 to 16 relays as host:port, comma-separated")
         }
         let clients = try addresses.map { address in
-            do { return try InternalPlane.client(address) } catch {
+            do { return try InternalPlane.client(address, security: security, serverName: PeerRole.relay.dnsName) } catch {
                 throw ParleyError(.invalidRequest, "a relay address must be host:port, not \(address)")
             }
         }

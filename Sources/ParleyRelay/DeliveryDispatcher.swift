@@ -41,11 +41,15 @@ public final class DeliveryDispatcher: Service, Sendable {
     private let logger: Logger
     private let giveUpAfter: Duration
     private let maxOutbox: Int
+    private let security: InternalSecurity
     private let delivered = Counter(label: "parley_relay_deliveries_total")
     private let failed = Counter(label: "parley_relay_delivery_failures_total")
 
-    public init(resolve: @escaping Resolve, logger: Logger, giveUpAfter: Duration = .seconds(15), maxOutbox: Int = 50_000) {
+    public init(
+        resolve: @escaping Resolve, security: InternalSecurity, logger: Logger, giveUpAfter: Duration = .seconds(15), maxOutbox: Int = 50_000
+    ) {
         self.resolve = resolve
+        self.security = security
         self.logger = logger
         self.giveUpAfter = giveUpAfter
         self.maxOutbox = maxOutbox
@@ -166,7 +170,7 @@ public final class DeliveryDispatcher: Service, Sendable {
                             guard let address = try await resolve(node) else {
                                 throw ParleyError(.notFound, "node \(node) is not registered")
                             }
-                            let connected = try InternalPlane.client(address)
+                            let connected = try InternalPlane.client(address, security: security, serverName: PeerRole.nodeDNSName(node))
                             connections.addTask { try? await connected.runConnections() }
                             client = connected
                         }

@@ -17,6 +17,8 @@ public struct RelayConfiguration: Sendable {
     public var grpcListen: HostPort
     public var grpcAdvertise: String
     public var opsListen: HostPort
+    /// Mutual TLS on the internal plane (`tls.ca`, `tls.cert`, `tls.key`), or an explicit `internal.plaintext`.
+    public var internalSecurity: InternalSecurity
     public var commitWindow: Duration
     public var maxBatch: Int
     public var logLevel: String?
@@ -27,6 +29,9 @@ public struct RelayConfiguration: Sendable {
         grpcListen = try HostPort(settings.string("grpc.listen", default: "127.0.0.1:7100"))
         grpcAdvertise = settings.optionalString("grpc.advertise") ?? grpcListen.description
         opsListen = try HostPort(settings.string("ops.listen", default: "127.0.0.1:7101"))
+        internalSecurity = try InternalSecurity(
+            ca: settings.optionalString("tls.ca"), certificate: settings.optionalString("tls.cert"), key: settings.optionalString("tls.key"),
+            plaintext: settings.string("internal.plaintext", default: "false") == "true")
         commitWindow = .microseconds(try settings.int("commit.window.us", default: 500))
         maxBatch = try settings.int("commit.max.batch", default: 256)
         logLevel = settings.optionalString("log.level")
@@ -40,7 +45,8 @@ public enum RelayApp {
         let postgres = PostgresClient(configuration: configuration.databaseURL.clientConfiguration(maxConnections: 8), backgroundLogger: logger)
         let events = EventStore(client: postgres, logger: logger)
         let registry = Registry(client: postgres, logger: logger)
-        let dispatcher = DeliveryDispatcher(resolve: { try await registry.internalAddress(of: $0) }, logger: logger)
+        let dispatcher = DeliveryDispatcher(
+            resolve: { try await registry.internalAddress(of: $0) }, security: configuration.internalSecurity, logger: logger)
         let committer = GroupCommitter(
             maxBatch: configuration.maxBatch, window: configuration.commitWindow, logger: logger,
             commit: { items in try await events.append(items) },
@@ -52,11 +58,12 @@ public enum RelayApp {
                     }
                 }
             })
-        let service = RelayService(events: events, registry: registry, committer: committer, dispatcher: dispatcher, logger: logger)
+        let service = RelayService(
+            events: events, registry: registry, committer: committer, dispatcher: dispatcher, security: configuration.internalSecurity, logger: logger)
         let server = GRPCServer(
             transport: .http2NIOPosix(
                 address: .ipv4(host: configuration.grpcListen.host, port: configuration.grpcListen.port),
-                transportSecurity: .plaintext, config: InternalPlane.serverConfig),
+                transportSecurity: configuration.internalSecurity.server, config: InternalPlane.serverConfig),
             services: [service])
         let health = NodeHealth()
         health.set(.ready)
@@ -69,7 +76,7 @@ public enum RelayApp {
             logger: logger)
         // Shut down in reverse: stop taking RPCs first, then flush commits and deliveries, then the database.
         return ServiceGroup(
-            configuration: .init(
+            configuration: .parley(
                 services: [
                     .init(service: postgres),
                     .init(service: committer),
@@ -78,7 +85,6 @@ public enum RelayApp {
                     .init(service: ops),
                     .init(service: GRPCServerService(server)),
                 ],
-                gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
     }
 }

@@ -12,6 +12,9 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
     let registry: Registry
     let committer: GroupCommitter
     let dispatcher: DeliveryDispatcher
+    /// Who may call what: visitor gateways act for visitors on their own node only, agent
+    /// gateways for agents (see docs/security.md).
+    let security: InternalSecurity
     let typingLimiter = TypingLimiter()
     /// This process's identity, so gateways notice a restart.
     let instance = UUID().uuidString
@@ -20,6 +23,7 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
     func registerNode(request: Parley_V1_RegisterNodeRequest, context: ServerContext) async throws -> Parley_V1_RegisterNodeResponse {
         try await RPCErrors.serving {
             let node = request.node
+            try ownNode(context, node.id)
             guard !node.id.isEmpty, node.id.count <= 64, NodeRole(rawValue: node.role) == .visitorGateway else {
                 throw ParleyError(.invalidRequest, "only visitor gateways register through the relay, with an id of 1 to 64 characters")
             }
@@ -46,6 +50,7 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
     ) async throws -> Parley_V1_StartConversationResponse {
         try await RPCErrors.serving {
             guard !request.nodeID.isEmpty else { throw ParleyError(.invalidRequest, "node_id is required") }
+            try ownNode(context, request.nodeID)
             let name = try Validate.optionalField(request.visitorName, name: "name", maxLength: Limits.nameMaxLength)
             let email = try Validate.email(request.visitorEmail)
             let topic = try Validate.optionalField(request.topic, name: "topic", maxLength: Limits.topicMaxLength)
@@ -66,6 +71,7 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
             guard let sender = Sender(rawValue: request.sender), sender != .system else {
                 throw ParleyError(.invalidRequest, "sender must be visitor or agent")
             }
+            if sender == .visitor { try ownNode(context, request.originNodeID) } else { try security.authorize(context, .agentGateway) }
             let agent: UUID? = sender == .agent ? try parseUUID(request.agentID, "agent_id") : nil
             let item = AppendItem(
                 conversationID: conversation, sender: sender, clientMsgID: try Validate.clientMsgID(request.clientMsgID),
@@ -91,6 +97,7 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
         try await RPCErrors.serving {
             let conversation = try parseUUID(request.conversationID, "conversation_id")
             guard !request.nodeID.isEmpty else { throw ParleyError(.invalidRequest, "node_id is required") }
+            try ownNode(context, request.nodeID)
             guard request.after >= 0 else { throw ParleyError(.invalidRequest, "after must not be negative") }
             // Re-pin first, then read: anything committed after the read is delivered to the new pin.
             if let previous = try await events.repin(conversationID: conversation, to: request.nodeID) {
@@ -104,6 +111,7 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
 
     func history(request: Parley_V1_HistoryRequest, context: ServerContext) async throws -> Parley_V1_ResumeResponse {
         try await RPCErrors.serving {
+            try security.authorize(context, .visitorGateway)
             let conversation = try parseUUID(request.conversationID, "conversation_id")
             guard request.after >= 0 else { throw ParleyError(.invalidRequest, "after must not be negative") }
             let page = try await events.events(conversationID: conversation, after: request.after, limit: Self.limit(request.limit), tail: false)
@@ -113,6 +121,7 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
 
     func claim(request: Parley_V1_ClaimRequest, context: ServerContext) async throws -> Parley_V1_ClaimResponse {
         try await RPCErrors.serving {
+            try security.authorize(context, .agentGateway)
             let written = try await events.claim(
                 conversationID: try parseUUID(request.conversationID, "conversation_id"), agentID: try parseUUID(request.agentID, "agent_id"))
             deliver(written, request.conversationID)
@@ -124,6 +133,7 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
 
     func close(request: Parley_V1_CloseRequest, context: ServerContext) async throws -> Parley_V1_CloseResponse {
         try await RPCErrors.serving {
+            try security.authorize(context, request.agentID.isEmpty ? .visitorGateway : .agentGateway)
             let agent = request.agentID.isEmpty ? nil : try parseUUID(request.agentID, "agent_id")
             let written = try await events.close(conversationID: try parseUUID(request.conversationID, "conversation_id"), agentID: agent)
             deliver(written, request.conversationID)
@@ -139,6 +149,7 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
             guard let sender = Sender(rawValue: request.sender), sender != .system else {
                 throw ParleyError(.invalidRequest, "sender must be visitor or agent")
             }
+            try security.authorize(context, sender == .visitor ? .visitorGateway : .agentGateway)
             if sender == .visitor {
                 guard typingLimiter.allow(conversation, sender) else { return Parley_V1_TypingResponse() }
                 try await events.notifyVisitorTyping(conversationID: conversation)
@@ -154,6 +165,14 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
                 dispatcher.deliver(to: node, conversation: conversation, events: [event])
             }
             return Parley_V1_TypingResponse()
+        }
+    }
+
+    /// A visitor gateway acts for its own node only: it cannot register, pin or resume as another.
+    private func ownNode(_ context: ServerContext, _ node: String) throws {
+        guard let caller = try security.authorize(context, .visitorGateway) else { return }
+        guard caller.node == node else {
+            throw ParleyError(.forbidden, "node \(caller.node) may not act as node \(node)")
         }
     }
 

@@ -7,14 +7,18 @@ import ParleyRPC
 /// Receives committed events from the relay for the conversations pinned here.
 struct DeliveryHandler: Parley_V1_Delivery.SimpleServiceProtocol {
     let hub: ConversationHub
+    let security: InternalSecurity
     private let deliveredEvents = Counter(label: "parley_gateway_delivered_events_total")
     private let deliveries = Counter(label: "parley_gateway_deliveries_total")
 
-    init(hub: ConversationHub) {
+    init(hub: ConversationHub, security: InternalSecurity) {
         self.hub = hub
+        self.security = security
     }
 
     func deliver(request: Parley_V1_DeliverRequest, context: ServerContext) async throws -> Parley_V1_DeliverResponse {
+        // Only a relay writes into this node's memory.
+        _ = try await RPCErrors.serving { try security.authorize(context, .relay) }
         deliveries.increment()
         for batch in request.batches {
             guard let id = UUID(uuidString: batch.conversationID) else { continue }

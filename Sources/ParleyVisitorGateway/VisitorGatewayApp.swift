@@ -19,6 +19,8 @@ public struct VisitorGatewayConfiguration: Sendable {
     public var opsListen: HostPort
     /// Every relay of the cluster (`relay.address`, comma-separated); calls fail over between them.
     public var relayAddresses: [String]
+    /// Mutual TLS on the internal plane (`tls.ca`, `tls.cert`, `tls.key`), or an explicit `internal.plaintext`.
+    public var internalSecurity: InternalSecurity
     public var tokenKeys: [String: [UInt8]]
     public var tokenKeyID: String
     public var memoryEvents: Int
@@ -37,6 +39,9 @@ public struct VisitorGatewayConfiguration: Sendable {
         internalAdvertise = settings.optionalString("internal.advertise") ?? internalListen.description
         opsListen = try HostPort(settings.string("ops.listen", default: "127.0.0.1:7202"))
         relayAddresses = settings.list("relay.address", default: ["127.0.0.1:7100"])
+        internalSecurity = try InternalSecurity(
+            ca: settings.optionalString("tls.ca"), certificate: settings.optionalString("tls.cert"), key: settings.optionalString("tls.key"),
+            plaintext: settings.string("internal.plaintext", default: "false") == "true")
         tokenKeys = try VisitorTokenSigner.parseKeys(try settings.required("visitor.token.keys"))
         tokenKeyID = settings.optionalString("visitor.token.kid") ?? tokenKeys.keys.sorted().last ?? ""
         memoryEvents = try settings.int("memory.events", default: 1000)
@@ -50,7 +55,7 @@ public struct VisitorGatewayConfiguration: Sendable {
 public enum VisitorGatewayApp {
     public static func serviceGroup(configuration: VisitorGatewayConfiguration, logger: Logger) throws -> ServiceGroup {
         ParleyMetrics.bootstrap()
-        let relay = try RelayLink(addresses: configuration.relayAddresses)
+        let relay = try RelayLink(addresses: configuration.relayAddresses, security: configuration.internalSecurity)
         let tokens = try VisitorTokenSigner(keys: configuration.tokenKeys, currentKeyID: configuration.tokenKeyID)
         let health = NodeHealth()
         let hub = ConversationHub(relay: relay, nodeID: configuration.nodeID, capacity: configuration.memoryEvents, logger: logger)
@@ -69,8 +74,8 @@ public enum VisitorGatewayApp {
         let delivery = GRPCServer(
             transport: .http2NIOPosix(
                 address: .ipv4(host: configuration.internalListen.host, port: configuration.internalListen.port),
-                transportSecurity: .plaintext, config: InternalPlane.serverConfig),
-            services: [DeliveryHandler(hub: hub)])
+                transportSecurity: configuration.internalSecurity.server, config: InternalPlane.serverConfig),
+            services: [DeliveryHandler(hub: hub, security: configuration.internalSecurity)])
         var node = Parley_V1_NodeInfo()
         node.id = configuration.nodeID
         node.role = "visitor_gateway"
@@ -83,7 +88,7 @@ public enum VisitorGatewayApp {
         let ops = OpsServer.application(
             address: configuration.opsListen, health: health, nodeID: configuration.nodeID, role: "visitor_gateway", logger: logger)
         return ServiceGroup(
-            configuration: .init(
+            configuration: .parley(
                 services: relay.grpcClients.map { .init(service: GRPCClientService($0)) } + [
                     .init(service: GRPCServerService(delivery)),
                     .init(service: hub),
@@ -91,7 +96,6 @@ public enum VisitorGatewayApp {
                     .init(service: ops),
                     .init(service: lifecycle),
                 ],
-                gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
     }
 }

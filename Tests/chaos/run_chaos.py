@@ -263,9 +263,9 @@ def db_events(cluster):
     return events
 
 
-def worker(index, bin_dir, tasks, results, conversations, messages, out_dir):
+def worker(prefix, bin_dir, tasks, results, conversations, messages, out_dir):
     """One topology and one PostgreSQL of its own; runs (class, seed) tasks until told to stop."""
-    topology = Topology(f"pc{index}")
+    topology = Topology(prefix)
     postgres = Postgres(topology)
     try:
         while True:
@@ -289,6 +289,8 @@ def main():
     parser.add_argument("--conversations", type=int, default=6)
     parser.add_argument("--messages", type=int, default=200, help="most messages per client in a run")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--prefix", default=os.environ.get("PARLEY_CHAOS_PREFIX", "pc"),
+                        help="namespace name prefix; suites running side by side need different ones")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the fault-injection suite builds network namespaces and needs root")
@@ -307,7 +309,7 @@ def main():
     jobs = max(1, min(args.jobs, len(tasks_list)))
     for _ in range(jobs):
         tasks.put(None)
-    workers = [context.Process(target=worker, args=(n + 1, args.bin, tasks, results, args.conversations, args.messages, out_dir))
+    workers = [context.Process(target=worker, args=(f"{args.prefix}{n + 1}", args.bin, tasks, results, args.conversations, args.messages, out_dir))
                for n in range(jobs)]
     for w in workers:
         w.start()

@@ -53,6 +53,24 @@ def metric(text, name, labels=None):
     return total
 
 
+_CA_DIR = None
+
+
+def node_tls(bin_dir, role, node):
+    """The --tls-* flags of a node, issuing its certificate from this process's test CA on first
+    use (`parleyctl certs init` / `certs issue`, as an administrator would)."""
+    global _CA_DIR
+    if _CA_DIR is None:
+        folder = os.path.join(tempfile.mkdtemp(prefix="parley-test-ca-"), "certs")
+        subprocess.run([f"{bin_dir}/parleyctl", "certs", "init", "--dir", folder], check=True, capture_output=True)
+        _CA_DIR = folder
+    cert, key = os.path.join(_CA_DIR, f"{node}.pem"), os.path.join(_CA_DIR, f"{node}.key")
+    if not os.path.exists(cert):
+        subprocess.run([f"{bin_dir}/parleyctl", "certs", "issue", "--dir", _CA_DIR, "--role", role, "--node", node],
+                       check=True, capture_output=True)
+    return ["--tls-ca", os.path.join(_CA_DIR, "ca.pem"), "--tls-cert", cert, "--tls-key", key]
+
+
 class Node:
     def __init__(self, name, args, env, log_dir, http=None, ops=None):
         self.name, self.args, self.env, self.http, self.ops = name, args, env, http, ops
@@ -111,8 +129,9 @@ class Cluster:
         self.relay_port = free_port()
         self.relay = Node("relay-1", [f"{bin_dir}/parley-relay", "--node-id", "relay-1",
                                       "--grpc-listen", f"127.0.0.1:{self.relay_port}",
-                                      "--ops-listen", f"127.0.0.1:{free_port()}"], self.env, self.log_dir)
-        self.relay.ops = int(self.relay.args[-1].split(":")[1])
+                                      "--ops-listen", f"127.0.0.1:{free_port()}",
+                                      *node_tls(bin_dir, "relay", "relay-1")], self.env, self.log_dir)
+        self.relay.ops = int(self.relay.args[self.relay.args.index("--ops-listen") + 1].split(":")[1])
         self.visitor_gateways = {}
         self.agent_gateways = {}
         self.haproxy = None
@@ -132,7 +151,8 @@ class Cluster:
         http, internal, ops = free_port(), free_port(), free_port()
         node = Node(name, [f"{self.bin}/parley-visitor-gateway", "--node-id", name,
                            "--http-listen", f"127.0.0.1:{http}", "--internal-listen", f"127.0.0.1:{internal}",
-                           "--ops-listen", f"127.0.0.1:{ops}", "--relay-address", f"127.0.0.1:{self.relay_port}"],
+                           "--ops-listen", f"127.0.0.1:{ops}", "--relay-address", f"127.0.0.1:{self.relay_port}",
+                           *node_tls(self.bin, "visitor-gateway", name)],
                     self.env, self.log_dir, http=http, ops=ops)
         self.visitor_gateways[name] = node
         return node.start() if start else node
@@ -141,7 +161,7 @@ class Cluster:
         http, ops = free_port(), free_port()
         node = Node(name, [f"{self.bin}/parley-agent-gateway", "--node-id", name,
                            "--http-listen", f"127.0.0.1:{http}", "--ops-listen", f"127.0.0.1:{ops}",
-                           "--relay-address", f"127.0.0.1:{self.relay_port}"],
+                           "--relay-address", f"127.0.0.1:{self.relay_port}", *node_tls(self.bin, "agent-gateway", name)],
                     self.env, self.log_dir, http=http, ops=ops)
         self.agent_gateways[name] = node
         return node.start()

@@ -20,7 +20,7 @@ import uuid
 
 import requests
 
-from harness import ROOT, Node, wait_until
+from harness import ROOT, Node, node_tls, wait_until
 import netns
 
 TOPOLOGY = os.path.join(ROOT, "deploy", "netns", "topology.sh")
@@ -143,7 +143,7 @@ class NetnsCluster:
                 f"relay-{n}", host, topology.addr(host, "internal"),
                 [f"{bin_dir}/parley-relay", "--node-id", f"relay-{n}", "--grpc-listen", f"0.0.0.0:{RELAY_PORT}",
                  "--grpc-advertise", f"{topology.addr(host, 'internal')}:{RELAY_PORT}",
-                 "--ops-listen", f"0.0.0.0:{RELAY_OPS}"], self.env, self.log_dir, topology, ops=RELAY_OPS)
+                 "--ops-listen", f"0.0.0.0:{RELAY_OPS}", *node_tls(bin_dir, "relay", f"relay-{n}")], self.env, self.log_dir, topology, ops=RELAY_OPS)
         edge_relays = ",".join(f"{topology.addr(f'relay{n}', 'edge')}:{RELAY_PORT}" for n in range(1, relays + 1))
         internal_relays = ",".join(f"{topology.addr(f'relay{n}', 'internal')}:{RELAY_PORT}" for n in range(1, relays + 1))
         for n in range(1, vgs + 1):
@@ -152,13 +152,14 @@ class NetnsCluster:
                 f"vg-{n}", host, address,
                 [f"{bin_dir}/parley-visitor-gateway", "--node-id", f"vg-{n}", "--http-listen", f"{address}:{VG_HTTP}",
                  "--internal-listen", f"{address}:{VG_INTERNAL}", "--ops-listen", f"{address}:{VG_OPS}",
-                 "--relay-address", edge_relays], self.env, self.log_dir, topology, http=VG_HTTP, ops=VG_OPS)
+                 "--relay-address", edge_relays, *node_tls(bin_dir, "visitor-gateway", f"vg-{n}")], self.env, self.log_dir, topology, http=VG_HTTP, ops=VG_OPS)
         for n in range(1, ags + 1):
             host, address = f"ag{n}", topology.addr(f"ag{n}")
             self.agent_gateways[f"ag-{n}"] = NetnsNode(
                 f"ag-{n}", host, address,
                 [f"{bin_dir}/parley-agent-gateway", "--node-id", f"ag-{n}", "--http-listen", f"{address}:{AG_HTTP}",
-                 "--ops-listen", f"{address}:{AG_OPS}", "--relay-address", internal_relays],
+                 "--ops-listen", f"{address}:{AG_OPS}", "--relay-address", internal_relays,
+                 *node_tls(bin_dir, "agent-gateway", f"ag-{n}")],
                 self.env, self.log_dir, topology, http=AG_HTTP, ops=AG_OPS)
         for node in self.relays.values():
             node.start()

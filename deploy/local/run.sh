@@ -57,6 +57,14 @@ demo_email=${PARLEY_DEMO_AGENT_EMAIL:-demo@parley.test}
 demo_password=${PARLEY_DEMO_AGENT_PASSWORD:-parley-demo-password}
 echo "$demo_password" | "$bin/parleyctl" agents add --email "$demo_email" --name "Demo Agent" --role admin --password-stdin --update >/dev/null
 
+# --- the internal plane's certificates (mutual TLS), made on first run -----------------------
+certs="$state/secrets/certs"
+[ -f "$certs/ca.pem" ] || "$bin/parleyctl" certs init --dir "$certs" >/dev/null
+tls() { # role node: issues the node's certificate once, prints its flags
+  [ -f "$certs/$2.pem" ] || "$bin/parleyctl" certs issue --dir "$certs" --role "$1" --node "$2" --host 127.0.0.1 >/dev/null
+  echo "--tls-ca $certs/ca.pem --tls-cert $certs/$2.pem --tls-key $certs/$2.key"
+}
+
 # --- the nodes ------------------------------------------------------------------------------
 start() { # name, then the command
   local name=$1; shift
@@ -68,14 +76,14 @@ wait_http() { # url
   echo "timed out waiting for $1 (see $state/logs)" >&2; return 1
 }
 
-start relay "$bin/parley-relay" --node-id relay-1 --grpc-listen 127.0.0.1:7100 --ops-listen 127.0.0.1:7101
+start relay "$bin/parley-relay" --node-id relay-1 --grpc-listen 127.0.0.1:7100 --ops-listen 127.0.0.1:7101 $(tls relay relay-1)
 wait_http http://127.0.0.1:7101/health
 start vg-1 "$bin/parley-visitor-gateway" --node-id vg-1 --http-listen 127.0.0.1:8081 \
-  --internal-listen 127.0.0.1:7201 --ops-listen 127.0.0.1:7202 --relay-address 127.0.0.1:7100
+  --internal-listen 127.0.0.1:7201 --ops-listen 127.0.0.1:7202 --relay-address 127.0.0.1:7100 $(tls visitor-gateway vg-1)
 start vg-2 "$bin/parley-visitor-gateway" --node-id vg-2 --http-listen 127.0.0.1:8082 \
-  --internal-listen 127.0.0.1:7211 --ops-listen 127.0.0.1:7212 --relay-address 127.0.0.1:7100
+  --internal-listen 127.0.0.1:7211 --ops-listen 127.0.0.1:7212 --relay-address 127.0.0.1:7100 $(tls visitor-gateway vg-2)
 start ag-1 "$bin/parley-agent-gateway" --node-id ag-1 --http-listen 127.0.0.1:8090 \
-  --ops-listen 127.0.0.1:7302 --relay-address 127.0.0.1:7100
+  --ops-listen 127.0.0.1:7302 --relay-address 127.0.0.1:7100 $(tls agent-gateway ag-1)
 wait_http http://127.0.0.1:7202/health
 wait_http http://127.0.0.1:7212/health
 wait_http http://127.0.0.1:7302/health
