@@ -32,6 +32,9 @@ public enum HAProxyConfig {
                 timeout tunnel 1h
                 timeout http-request 10s
                 option redispatch
+                # The visitor gateways' per-client limits read the client's address from here
+                # (their trusted.proxies setting names this load balancer).
+                option forwardfor
                 retries 2
 
             frontend parley_visitors

@@ -27,6 +27,8 @@ public struct ParleyError: Error, Hashable, Sendable, CustomStringConvertible {
 
     public var code: Code
     public var message: String
+    /// For `rate_limited`: when to try again (the HTTP `Retry-After` header).
+    public var retryAfterSeconds: Int?
 
     public init(_ code: Code, _ message: String) {
         self.code = code

@@ -16,6 +16,13 @@ public enum Limits {
     public static let maxWaitSeconds = 60
     /// Events returned by one read at most; the reply says when more follow.
     public static let maxEventsPerRead = 500
+    /// Default rate limits (settings `rate.messages.*`, `rate.starts.*`): a visitor's messages,
+    /// 5 a second in bursts of 20 per conversation; new conversations, one a second in bursts
+    /// of 60 per client address (a whole office may share one).
+    public static let messagesPerSecond = 5.0
+    public static let messagesBurst = 20
+    public static let startsPerSecond = 1.0
+    public static let startsBurst = 60
 }
 
 /// Checks of client input; each throws a `ParleyError` with code `invalid_request` naming the field.

@@ -93,10 +93,43 @@ public struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
 
     public static func response(_ error: ParleyError) -> Response {
         let body = (try? JSONEncoder().encode(["error": ["code": error.code.rawValue, "message": error.message]])) ?? Data()
-        return Response(
-            status: HTTPResponse.Status(code: error.httpStatus),
-            headers: [.contentType: "application/json", .cacheControl: "no-store"],
-            body: .init(byteBuffer: ByteBuffer(bytes: body)))
+        var headers: HTTPFields = [.contentType: "application/json", .cacheControl: "no-store"]
+        if let seconds = error.retryAfterSeconds { headers[.retryAfter] = String(seconds) }
+        return Response(status: HTTPResponse.Status(code: error.httpStatus), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
+    }
+}
+
+/// Refuses browser requests from other sites (cross-site WebSocket hijacking, and reading
+/// streams or posting with a visitor's cookie from another page).
+///
+/// A request without an `Origin` header (not sent by a browser script) passes. With an empty
+/// allowlist only the same origin passes: the `Origin`'s host and port equal the `Host`
+/// header. Otherwise the `Origin` must be one of `allowed` (e.g. `https://www.example.com`).
+public struct OriginMiddleware<Context: RequestContext>: RouterMiddleware {
+    let allowed: Set<String>
+    /// Paths under this prefix are checked; pages and static files are not.
+    let prefix: String
+
+    public init(allowed: [String], prefix: String = "/v1/") {
+        self.allowed = Set(allowed.map { $0.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: "/")) })
+        self.prefix = prefix
+    }
+
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard request.uri.path.hasPrefix(prefix), let origin = request.headers[.origin] else {
+            return try await next(request, context)
+        }
+        guard isAllowed(origin: origin, host: request.head.authority) else {
+            throw ParleyError(.forbidden, "requests from \(origin.prefix(100)) are not allowed here")
+        }
+        return try await next(request, context)
+    }
+
+    func isAllowed(origin: String, host: String?) -> Bool {
+        let origin = origin.lowercased()
+        if !allowed.isEmpty { return allowed.contains(origin) }
+        guard let host = host?.lowercased(), let schemeEnd = origin.range(of: "://") else { return false }
+        return origin[schemeEnd.upperBound...] == host
     }
 }
 

@@ -37,6 +37,14 @@ public struct Settings: Sendable {
         return number
     }
 
+    public func double(_ key: String, default value: Double) throws -> Double {
+        guard let raw = optionalString(key) else { return value }
+        guard let number = Double(raw), number.isFinite, number > 0 else {
+            throw ParleyError(.invalidRequest, "setting \(key) must be a positive number, not \(raw)")
+        }
+        return number
+    }
+
     public func required(_ key: String) throws -> String {
         guard let value = optionalString(key) else {
             let env = "PARLEY_" + key.uppercased().replacingOccurrences(of: ".", with: "_")

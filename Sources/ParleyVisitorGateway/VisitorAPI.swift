@@ -11,7 +11,7 @@ import Synchronization
 
 /// The public visitor API of one visitor gateway.
 struct VisitorAPI: Sendable {
-    typealias Context = BasicWebSocketRequestContext
+    typealias Context = VisitorRequestContext
 
     let nodeID: String
     let hub: ConversationHub
@@ -19,6 +19,11 @@ struct VisitorAPI: Sendable {
     let tokens: VisitorTokenSigner
     let health: NodeHealth
     let secureCookies: Bool
+    let clients: ClientAddress
+    /// Messages per conversation, and new conversations per client address.
+    let messageLimiter: RateLimiter
+    let startLimiter: RateLimiter
+    let rateLimited = Counter(label: "parley_gateway_rate_limited_total")
     let connected = Gauge(label: "parley_gateway_connected_visitors")
     let connections = ConnectionCounter()
 
@@ -53,7 +58,7 @@ struct VisitorAPI: Sendable {
 
     func register(on router: Router<Context>) {
         let conversations = router.group("v1/conversations")
-        conversations.post { request, _ in try await start(request) }
+        conversations.post { request, context in try await start(request, context) }
         conversations.post(":id/messages") { request, context in try await send(request, context) }
         conversations.post(":id/close") { request, context in try await close(request, context) }
         conversations.post(":id/typing") { request, context in
@@ -76,8 +81,12 @@ struct VisitorAPI: Sendable {
 
     // MARK: Endpoints
 
-    func start(_ request: Request) async throws -> Response {
+    func start(_ request: Request, _ context: Context) async throws -> Response {
         guard health.current == .ready else { throw ParleyError(.draining, "this node takes no new conversations; retry") }
+        if let wait = startLimiter.take(clients.of(request, context)) {
+            rateLimited.increment()
+            throw ParleyError.rateLimited(retryAfter: wait, "too many new conversations from this address; retry later")
+        }
         let body = try await JSONBody.decode(StartBody.self, from: request)
         var call = Parley_V1_StartConversationRequest()
         call.nodeID = nodeID
@@ -112,6 +121,10 @@ struct VisitorAPI: Sendable {
 
     /// Validates, stores through the relay, and adds the stored message to the conversation's memory.
     func post(_ id: UUID, clientMsgID: String?, text: String?) async throws -> Ack {
+        if let wait = messageLimiter.take(id.uuidString) {
+            rateLimited.increment()
+            throw ParleyError.rateLimited(retryAfter: wait, "too many messages in this conversation; retry later")
+        }
         var call = Parley_V1_AppendMessageRequest()
         call.conversationID = id.uuidString.lowercased()
         call.sender = Sender.visitor.rawValue

@@ -25,6 +25,14 @@ public struct VisitorGatewayConfiguration: Sendable {
     public var tokenKeyID: String
     public var memoryEvents: Int
     public var secureCookies: Bool
+    /// Allowed `Origin`s of browser requests to the API (empty: the gateway's own origin only).
+    public var allowedOrigins: [String]
+    /// Proxies (the load balancer) whose `X-Forwarded-For` names the client.
+    public var trustedProxies: [String]
+    public var messagesPerSecond: Double
+    public var messagesBurst: Int
+    public var startsPerSecond: Double
+    public var startsBurst: Int
     public var webRoot: String?
     public var logLevel: String?
 
@@ -46,6 +54,13 @@ public struct VisitorGatewayConfiguration: Sendable {
         tokenKeyID = settings.optionalString("visitor.token.kid") ?? tokenKeys.keys.sorted().last ?? ""
         memoryEvents = try settings.int("memory.events", default: 1000)
         secureCookies = settings.string("secure.cookies", default: "false") == "true"
+        allowedOrigins = settings.list("allowed.origins", default: [])
+        trustedProxies = settings.list("trusted.proxies", default: [])
+        messagesPerSecond = try settings.double("rate.messages.per.second", default: Limits.messagesPerSecond)
+        messagesBurst = try settings.int("rate.messages.burst", default: Limits.messagesBurst)
+        startsPerSecond = try settings.double("rate.starts.per.second", default: Limits.startsPerSecond)
+        startsBurst = try settings.int("rate.starts.burst", default: Limits.startsBurst)
+        guard messagesBurst >= 1, startsBurst >= 1 else { throw ParleyError(.invalidRequest, "rate bursts must be at least 1") }
         webRoot = settings.optionalString("web.root")
         logLevel = settings.optionalString("log.level")
     }
@@ -60,10 +75,14 @@ public enum VisitorGatewayApp {
         let health = NodeHealth()
         let hub = ConversationHub(relay: relay, nodeID: configuration.nodeID, capacity: configuration.memoryEvents, logger: logger)
         let api = VisitorAPI(
-            nodeID: configuration.nodeID, hub: hub, relay: relay, tokens: tokens, health: health, secureCookies: configuration.secureCookies)
+            nodeID: configuration.nodeID, hub: hub, relay: relay, tokens: tokens, health: health, secureCookies: configuration.secureCookies,
+            clients: ClientAddress(trustedProxies: Set(configuration.trustedProxies)),
+            messageLimiter: RateLimiter(perSecond: configuration.messagesPerSecond, burst: configuration.messagesBurst),
+            startLimiter: RateLimiter(perSecond: configuration.startsPerSecond, burst: configuration.startsBurst))
 
         let webRoot = configuration.webRoot ?? Bundle.module.resourceURL!.appendingPathComponent("Public").path
-        let router = makeWebRouter(BasicWebSocketRequestContext.self, webRoot: webRoot, logger: logger)
+        let router = makeWebRouter(VisitorRequestContext.self, webRoot: webRoot, logger: logger)
+        router.add(middleware: OriginMiddleware(allowed: configuration.allowedOrigins))
         api.register(on: router)
         let app = Application(
             router: router,

@@ -147,9 +147,9 @@ class Cluster:
         self.start_haproxy()
 
     # --- processes -----------------------------------------------------------------------
-    def add_visitor_gateway(self, name, start=True):
+    def add_visitor_gateway(self, name, start=True, extra_args=()):
         http, internal, ops = free_port(), free_port(), free_port()
-        node = Node(name, [f"{self.bin}/parley-visitor-gateway", "--node-id", name,
+        node = Node(name, [f"{self.bin}/parley-visitor-gateway", "--node-id", name, "--trusted-proxies", "127.0.0.1", *extra_args,
                            "--http-listen", f"127.0.0.1:{http}", "--internal-listen", f"127.0.0.1:{internal}",
                            "--ops-listen", f"127.0.0.1:{ops}", "--relay-address", f"127.0.0.1:{self.relay_port}",
                            *node_tls(self.bin, "visitor-gateway", name)],

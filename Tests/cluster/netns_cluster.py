@@ -151,6 +151,7 @@ class NetnsCluster:
             self.visitor_gateways[f"vg-{n}"] = NetnsNode(
                 f"vg-{n}", host, address,
                 [f"{bin_dir}/parley-visitor-gateway", "--node-id", f"vg-{n}", "--http-listen", f"{address}:{VG_HTTP}",
+                 "--trusted-proxies", topology.addr("lb"),
                  "--internal-listen", f"{address}:{VG_INTERNAL}", "--ops-listen", f"{address}:{VG_OPS}",
                  "--relay-address", edge_relays, *node_tls(bin_dir, "visitor-gateway", f"vg-{n}")], self.env, self.log_dir, topology, http=VG_HTTP, ops=VG_OPS)
         for n in range(1, ags + 1):

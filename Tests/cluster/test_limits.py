@@ -1,0 +1,90 @@
+"""Per-client limits and the Origin allowlist of the visitor API: each refusal is a clear 4xx
+with a JSON error, and nothing refused is stored."""
+
+import concurrent.futures
+import uuid
+
+import requests
+import websocket
+
+from harness import Visitor, wait_until
+
+
+def test_a_message_flood_gets_429_with_retry_after_and_loses_nothing(cluster):
+    visitor = Visitor(cluster.lb_url)
+    visitor.start()
+    url = f"{cluster.lb_url}/v1/conversations/{visitor.conversation}/messages"
+    cookies = visitor.session.cookies.get_dict()
+
+    def send(n):
+        key = str(uuid.uuid4())
+        # With the visitor's cookies, as a browser sends them: the load balancer keeps it on its node.
+        return key, requests.post(url, json={"client_msg_id": key, "text": f"flood {n}"}, headers=visitor.headers,
+                                  cookies=cookies, timeout=10)
+
+    # The default allows bursts of 20 a conversation and 5 a second after that; 60 sends from
+    # 10 threads at once exceed it on any machine.
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(send, range(60)))
+    acked, refused = [], []
+    for key, response in results:
+        if response.status_code == 429:
+            assert response.json()["error"]["code"] == "rate_limited"
+            assert int(response.headers["Retry-After"]) >= 1
+            refused.append(key)
+        else:
+            assert response.status_code == 201, response.text
+            acked.append(key)
+    assert refused and len(acked) >= 20
+    # Refused sends were not stored; acknowledged ones were, once each.
+    stored = cluster.psql(f"SELECT client_msg_id FROM events WHERE conversation_id = '{visitor.conversation}' AND sender = 'visitor'").split()
+    assert sorted(stored) == sorted(acked)
+    # After the advertised wait, the same id goes through.
+    wait_until(lambda: visitor.send("again", refused[0]).status_code == 201, timeout=10, interval=0.3, what="send after Retry-After")
+
+
+def test_new_conversations_are_limited_per_client_address(cluster):
+    gateway = cluster.add_visitor_gateway("vg-limited", extra_args=["--rate-starts-burst", "3", "--rate-starts-per-second", "0.1"])
+    wait_until(lambda: gateway.health().status_code == 200, what="vg-limited up")
+    url = f"http://127.0.0.1:{gateway.http}/v1/conversations"
+    try:
+        # Straight to the gateway, which trusts X-Forwarded-For only from 127.0.0.1 (the load
+        # balancer here): two clients behind it are limited separately.
+        codes_a = [requests.post(url, json={}, headers={"X-Forwarded-For": "198.51.100.7"}, timeout=10).status_code for _ in range(5)]
+        codes_b = [requests.post(url, json={}, headers={"X-Forwarded-For": "198.51.100.8"}, timeout=10).status_code for _ in range(3)]
+        assert codes_a == [201, 201, 201, 429, 429]
+        assert codes_b == [201, 201, 201]
+    finally:
+        gateway.stop()
+
+
+def test_cross_site_requests_are_refused(cluster):
+    visitor = Visitor(cluster.lb_url)
+    visitor.start()
+    host = cluster.lb_url.split("://")[1]
+    evil = {"Origin": "https://evil.example"}
+    base = f"{cluster.lb_url}/v1/conversations/{visitor.conversation}"
+    # A page on another site cannot read the stream or post with the visitor's cookie ...
+    for response in (
+        visitor.session.get(f"{base}/events", params={"wait": 0}, headers=evil, timeout=10),
+        visitor.session.post(f"{base}/messages", json={"client_msg_id": "x1", "text": "hi"}, headers=evil, timeout=10),
+        requests.post(f"{cluster.lb_url}/v1/conversations", json={}, headers=evil, timeout=10),
+    ):
+        assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden", response.text
+    assert cluster.psql(f"SELECT count(*) FROM events WHERE conversation_id = '{visitor.conversation}' AND client_msg_id = 'x1'") == "0"
+    # ... nor open its WebSocket (cross-site WebSocket hijacking).
+    cookie = "; ".join(f"{c.name}={c.value}" for c in visitor.session.cookies)
+    try:
+        websocket.create_connection(f"ws://{host}/v1/conversations/{visitor.conversation}/ws", header=[f"Cookie: {cookie}"],
+                                    origin="https://evil.example", timeout=5).close()
+        raise AssertionError("a cross-site WebSocket was accepted")
+    except websocket.WebSocketBadStatusException as error:
+        # The upgrade is refused before the handshake (the WebSocket layer answers 400 to any
+        # refused upgrade); the same request from the same origin is accepted below.
+        assert error.status_code in (400, 403)
+    # The gateway's own page (same origin) and non-browser clients (no Origin) are served.
+    same = visitor.session.get(f"{base}/events", params={"wait": 0}, headers={"Origin": f"http://{host}"}, timeout=10)
+    assert same.status_code == 200
+    ws = websocket.create_connection(f"ws://{host}/v1/conversations/{visitor.conversation}/ws", header=[f"Cookie: {cookie}"],
+                                     origin=f"http://{host}", timeout=5)
+    ws.close()
