@@ -90,7 +90,30 @@ func printTable(_ header: [String], _ rows: [[String]]) {
 }
 
 struct DB: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "db", abstract: "Database schema.", subcommands: [Migrate.self])
+    static let configuration = CommandConfiguration(
+        commandName: "db", abstract: "Database schema and the services' logins.", subcommands: [Migrate.self, User.self])
+
+    struct User: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create (or update) a service's database login with only that service's grants.",
+            discussion: "Run as the migration owner (who needs CREATEROLE). Give the relay and the agent gateways logins of their own; they never need the owner's.")
+        @OptionGroup var database: DatabaseOptions
+        @Option(help: "relay or agent-gateway.") var role: String
+        @Option(help: "The login name (lowercase letters, digits, _).") var name: String
+        @Flag(help: "Read the login's password from the first line of standard input.") var passwordStdin = false
+
+        func run() async throws {
+            guard let role = DatabaseRole(rawValue: role) else {
+                throw CLIError("--role must be one of \(DatabaseRole.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            let password = passwordStdin ? readLine(strippingNewline: true) : nil
+            if passwordStdin && (password ?? "").isEmpty { throw CLIError("no password on standard input") }
+            try await database.withClient { client, logger in
+                try await role.createLogin(name, password: password, client: client, logger: logger)
+            }
+            print("login \(name) acts as \(role.groupRole)")
+        }
+    }
 
     struct Migrate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Apply every pending migration (safe to run concurrently and repeatedly).")

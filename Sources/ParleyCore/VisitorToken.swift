@@ -74,11 +74,15 @@ public enum Base64URL {
             .replacingOccurrences(of: "=", with: "")
     }
 
+    /// Decodes canonical base64url, or returns nil.
     public static func decode(_ string: String) -> Data? {
         guard string.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else { return nil }
         var s = string.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
         while s.count % 4 != 0 { s += "=" }
-        return Data(base64Encoded: s)
+        // Only the canonical encoding: the unused low bits of the last character must be zero,
+        // so that one value has one spelling (a token cannot be altered and still verify).
+        guard let data = Data(base64Encoded: s), encode(data) == string else { return nil }
+        return data
     }
 
     /// `count` random bytes, base64url-encoded: session tokens and generated keys.

@@ -81,7 +81,42 @@ public enum Migrations {
                     WHERE client_msg_id IS NOT NULL
                 """,
             ]
-        )
+        ),
+        (
+            2, "least-privilege roles",
+            [
+                // Group roles, one per service; logins are made members with `parleyctl db user`.
+                // Roles belong to the server, not the database: an existing one is reused.
+                """
+                DO $$
+                BEGIN
+                    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'parley_relay') THEN
+                        BEGIN CREATE ROLE parley_relay NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END;
+                    END IF;
+                    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'parley_agent_gateway') THEN
+                        BEGIN CREATE ROLE parley_agent_gateway NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END;
+                    END IF;
+                END $$
+                """,
+                "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+                "GRANT USAGE ON SCHEMA public TO parley_relay, parley_agent_gateway",
+                // The relay writes conversations and messages, never deletes; it reads agents'
+                // names (not their password hashes).
+                "GRANT SELECT, INSERT, UPDATE ON conversations TO parley_relay",
+                "GRANT SELECT, INSERT ON events TO parley_relay",
+                "GRANT SELECT (id, name, disabled) ON agents TO parley_relay",
+                // Both register and heartbeat nodes, but only an administrator drains one (`state`).
+                """
+                GRANT SELECT,
+                      INSERT (id, role, zone, public_address, internal_address, ops_address, connections, started_at, last_seen),
+                      UPDATE (role, zone, public_address, internal_address, ops_address, connections, started_at, last_seen)
+                ON nodes TO parley_relay, parley_agent_gateway
+                """,
+                // The agent gateway reads; its only writes are its agents' sessions.
+                "GRANT SELECT ON conversations, events, agents TO parley_agent_gateway",
+                "GRANT SELECT, INSERT, DELETE ON agent_sessions TO parley_agent_gateway",
+            ]
+        ),
     ]
 
     /// Applies every migration not applied yet, each in its own transaction, under an advisory

@@ -27,6 +27,10 @@ import Testing
         for bad in [forged, "", "pv1", "pv1.k1.x.y.z", fresh + ".extra", String(repeating: "a", count: 5000)] {
             #expect(throws: ParleyError.self) { try signer.verify(bad, conversationID: conversation) }
         }
+        // Another spelling of the same MAC (the last character's unused low bits set) is refused too.
+        let last = fresh.last!, alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+        let sibling = alphabet[(alphabet.firstIndex(of: last)! & ~3) | ((alphabet.firstIndex(of: last)! & 3) ^ 1)]
+        #expect(throws: ParleyError.self) { try signer.verify(String(fresh.dropLast()) + String(sibling), conversationID: conversation) }
         let forger = try VisitorTokenSigner(keys: ["k1": other], currentKeyID: "k1")
         #expect(throws: ParleyError.self) { try signer.verify(forger.sign(conversationID: conversation), conversationID: conversation) }
     }

@@ -206,3 +206,74 @@ struct StoreTests {
         #expect(EventStore.chunks([]).isEmpty)
     }
 }
+
+/// Runs `body` connected as `login` instead of the test URL's user.
+func withLogin(_ login: String, _ body: @Sendable (PostgresClient, Logger) async throws -> Void) async throws {
+    var url = try DatabaseURL(try #require(testDatabaseURL))
+    url.username = login
+    url.password = nil
+    var logger = Logger(label: "store-tests")
+    logger.logLevel = .error
+    let client = PostgresClient(configuration: url.clientConfiguration(maxConnections: 2), backgroundLogger: logger)
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { await client.run() }
+        defer { group.cancelAll() }
+        try await body(client, logger)
+    }
+}
+
+/// Whether PostgreSQL refuses `sql` for lack of privilege (SQLSTATE 42501).
+func refused(_ client: PostgresClient, _ logger: Logger, _ sql: String) async -> Bool {
+    do {
+        try await client.query(PostgresQuery(unsafeSQL: sql), logger: logger)
+        return false
+    } catch let error as PSQLError {
+        return error.serverInfo?[.sqlState] == "42501"
+    } catch {
+        return false
+    }
+}
+
+@Suite(.enabled(if: testDatabaseURL != nil, "needs PARLEY_TEST_DATABASE_URL (make test sets it)"))
+struct RoleTests {
+    @Test func eachServiceLoginHoldsOnlyItsOwnGrants() async throws {
+        let suffix = UUID().uuidString.prefix(8).lowercased()
+        let relay = "t_relay_\(suffix)", agentGateway = "t_agw_\(suffix)"
+        let conversation = try await withDatabase { client, logger in
+            try await DatabaseRole.relay.createLogin(relay, password: nil, client: client, logger: logger)
+            try await DatabaseRole.agentGateway.createLogin(agentGateway, password: "it's secret", client: client, logger: logger)
+            _ = try await makeAgent(client, logger)
+            return try await EventStore(client: client, logger: logger)
+                .startConversation(pinnedNode: "vg-r", visitorName: "", visitorEmail: "", topic: "").id
+        }
+        let id = conversation.uuidString.lowercased()
+        try await withLogin(relay) { client, logger in
+            // What the relay does works ...
+            let stored = try await EventStore(client: client, logger: logger).append([
+                AppendItem(conversationID: conversation, sender: .visitor, clientMsgID: "r1", text: "hello")
+            ])
+            guard case .stored = stored[0] else {
+                Issue.record("the relay's login could not store a message: \(stored)")
+                return
+            }
+            _ = try await Registry(client: client, logger: logger).register(
+                NodeRecord(id: "vg-r", role: "visitor_gateway", zone: "edge", publicAddress: "", internalAddress: "", opsAddress: ""))
+            // ... and nothing else.
+            #expect(await refused(client, logger, "DELETE FROM events WHERE conversation_id = '\(id)'"))
+            #expect(await refused(client, logger, "UPDATE events SET text = 'changed' WHERE conversation_id = '\(id)'"))
+            #expect(await refused(client, logger, "SELECT password_hash FROM agents"))
+            #expect(await refused(client, logger, "UPDATE nodes SET state = 'active' WHERE id = 'vg-r'"))
+            #expect(await refused(client, logger, "DELETE FROM agent_sessions"))
+            #expect(await refused(client, logger, "CREATE TABLE intruder (x int)"))
+        }
+        try await withLogin(agentGateway) { client, logger in
+            let summary = try await ConversationQueries(client: client, logger: logger).summary(id: conversation)
+            #expect(summary != nil)
+            #expect(await refused(client, logger, "INSERT INTO events (conversation_id, seq, type, sender) VALUES ('\(id)', 99, 'message', 'agent')"))
+            #expect(await refused(client, logger, "UPDATE conversations SET status = 'closed' WHERE id = '\(id)'"))
+            #expect(await refused(client, logger, "UPDATE agents SET role = 'admin'"))
+            #expect(await refused(client, logger, "DELETE FROM nodes"))
+            #expect(await refused(client, logger, "CREATE TABLE intruder (x int)"))
+        }
+    }
+}

@@ -126,11 +126,14 @@ class Cluster:
         self.env["PARLEY_VISITOR_TOKEN_KEYS"] = "k1:" + __import__("base64").b64encode(secrets.token_bytes(32)).decode()
         self.env["PARLEY_LOG_LEVEL"] = "info"
         self.ctl("db", "migrate")
+        # The services connect with logins of their own, holding only their role's grants.
+        self.relay_env = self.service_env("relay")
+        self.agent_gateway_env = self.service_env("agent-gateway")
         self.relay_port = free_port()
         self.relay = Node("relay-1", [f"{bin_dir}/parley-relay", "--node-id", "relay-1",
                                       "--grpc-listen", f"127.0.0.1:{self.relay_port}",
                                       "--ops-listen", f"127.0.0.1:{free_port()}",
-                                      *node_tls(bin_dir, "relay", "relay-1")], self.env, self.log_dir)
+                                      *node_tls(bin_dir, "relay", "relay-1")], self.relay_env, self.log_dir)
         self.relay.ops = int(self.relay.args[self.relay.args.index("--ops-listen") + 1].split(":")[1])
         self.visitor_gateways = {}
         self.agent_gateways = {}
@@ -162,7 +165,7 @@ class Cluster:
         node = Node(name, [f"{self.bin}/parley-agent-gateway", "--node-id", name,
                            "--http-listen", f"127.0.0.1:{http}", "--ops-listen", f"127.0.0.1:{ops}",
                            "--relay-address", f"127.0.0.1:{self.relay_port}", *node_tls(self.bin, "agent-gateway", name)],
-                    self.env, self.log_dir, http=http, ops=ops)
+                    self.agent_gateway_env, self.log_dir, http=http, ops=ops)
         self.agent_gateways[name] = node
         return node.start()
 
@@ -177,6 +180,15 @@ class Cluster:
         node.stop()
         node.start()
         wait_until(lambda: node.health().status_code == 200, what=f"{node.name} health after restart")
+
+    def service_env(self, role):
+        """The environment of a service: its own database login (`parleyctl db user`)."""
+        login = f"{self.db_name}_{role.replace('-', '_')}"
+        self.ctl("db", "user", "--role", role, "--name", login)
+        env = dict(self.env)
+        scheme, rest = self.database_url.split("://", 1)
+        env["PARLEY_DATABASE_URL"] = f"{scheme}://{login}@{rest.split('@', 1)[1]}"
+        return env
 
     def ctl(self, *args, check=True, stdin=None):
         result = subprocess.run([f"{self.bin}/parleyctl", *args], env=self.env, capture_output=True, text=True, input=stdin)

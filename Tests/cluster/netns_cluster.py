@@ -135,6 +135,7 @@ class NetnsCluster:
         self.env["PARLEY_VISITOR_TOKEN_KEYS"] = "k1:" + base64.b64encode(secrets.token_bytes(32)).decode()
         self.env["PARLEY_LOG_LEVEL"] = "info"
         self.ctl("db", "migrate")
+        relay_env, agent_gateway_env = self.service_env("relay"), self.service_env("agent-gateway")
         vgs, ags, relays = topology.counts
         self.relays, self.visitor_gateways, self.agent_gateways, self.haproxy = {}, {}, {}, None
         for n in range(1, relays + 1):
@@ -143,7 +144,7 @@ class NetnsCluster:
                 f"relay-{n}", host, topology.addr(host, "internal"),
                 [f"{bin_dir}/parley-relay", "--node-id", f"relay-{n}", "--grpc-listen", f"0.0.0.0:{RELAY_PORT}",
                  "--grpc-advertise", f"{topology.addr(host, 'internal')}:{RELAY_PORT}",
-                 "--ops-listen", f"0.0.0.0:{RELAY_OPS}", *node_tls(bin_dir, "relay", f"relay-{n}")], self.env, self.log_dir, topology, ops=RELAY_OPS)
+                 "--ops-listen", f"0.0.0.0:{RELAY_OPS}", *node_tls(bin_dir, "relay", f"relay-{n}")], relay_env, self.log_dir, topology, ops=RELAY_OPS)
         edge_relays = ",".join(f"{topology.addr(f'relay{n}', 'edge')}:{RELAY_PORT}" for n in range(1, relays + 1))
         internal_relays = ",".join(f"{topology.addr(f'relay{n}', 'internal')}:{RELAY_PORT}" for n in range(1, relays + 1))
         for n in range(1, vgs + 1):
@@ -161,7 +162,7 @@ class NetnsCluster:
                 [f"{bin_dir}/parley-agent-gateway", "--node-id", f"ag-{n}", "--http-listen", f"{address}:{AG_HTTP}",
                  "--ops-listen", f"{address}:{AG_OPS}", "--relay-address", internal_relays,
                  *node_tls(bin_dir, "agent-gateway", f"ag-{n}")],
-                self.env, self.log_dir, topology, http=AG_HTTP, ops=AG_OPS)
+                agent_gateway_env, self.log_dir, topology, http=AG_HTTP, ops=AG_OPS)
         for node in self.relays.values():
             node.start()
         for node in self.relays.values():
@@ -187,6 +188,15 @@ class NetnsCluster:
             with netns.inside(self.topology.ns("client")):
                 return requests.get(self.lb_url + "/", timeout=2).status_code == 200
         wait_until(up, timeout=30, what="haproxy")
+
+    def service_env(self, role):
+        """The environment of a service: its own database login (`parleyctl db user`)."""
+        login = f"{self.db_name}_{role.replace('-', '_')}"
+        self.ctl("db", "user", "--role", role, "--name", login)
+        env = dict(self.env)
+        scheme, rest = self.database_url.split("://", 1)
+        env["PARLEY_DATABASE_URL"] = f"{scheme}://{login}@{rest.split('@', 1)[1]}"
+        return env
 
     def ctl(self, *args, check=True, stdin=None):
         # An administrator's shell in the internal zone.

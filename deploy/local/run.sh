@@ -28,7 +28,7 @@ stop_all() {
   echo; echo "stopping..."
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ -z "${PARLEY_DATABASE_URL:-}" ]; then "$root/deploy/local/postgres.sh" stop "$pgdata"; fi
+  if [ -z "${PARLEY_OWN_DATABASE:-}" ]; then "$root/deploy/local/postgres.sh" stop "$pgdata"; fi
   echo "stopped."
   exit 0
 }
@@ -36,6 +36,7 @@ trap stop_all INT TERM EXIT
 
 # --- PostgreSQL ---------------------------------------------------------------------------
 pgdata="$state/pg"
+[ -n "${PARLEY_DATABASE_URL:-}" ] && PARLEY_OWN_DATABASE=1
 if [ -z "${PARLEY_DATABASE_URL:-}" ]; then
   # The data folder must be reachable by the postgres OS user; fall back to /tmp if the checkout is not.
   if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$state"; then
@@ -47,6 +48,15 @@ if [ -z "${PARLEY_DATABASE_URL:-}" ]; then
   export PARLEY_DATABASE_URL="postgres://postgres@127.0.0.1:$pgport/parley"
 fi
 "$bin/parleyctl" db migrate
+# Each service connects with a login of its own that holds only its role's grants; with a
+# database of your own (PARLEY_DATABASE_URL), everything uses that URL.
+relay_db=$PARLEY_DATABASE_URL; agent_db=$PARLEY_DATABASE_URL
+if [ -z "${PARLEY_OWN_DATABASE:-}" ]; then
+  "$bin/parleyctl" db user --role relay --name parley_relay_local >/dev/null
+  "$bin/parleyctl" db user --role agent-gateway --name parley_agent_gateway_local >/dev/null
+  relay_db="postgres://parley_relay_local@127.0.0.1:$pgport/parley"
+  agent_db="postgres://parley_agent_gateway_local@127.0.0.1:$pgport/parley"
+fi
 
 # --- secrets and the demo agent -------------------------------------------------------------
 keyfile="$state/secrets/visitor-token-keys"
@@ -76,13 +86,13 @@ wait_http() { # url
   echo "timed out waiting for $1 (see $state/logs)" >&2; return 1
 }
 
-start relay "$bin/parley-relay" --node-id relay-1 --grpc-listen 127.0.0.1:7100 --ops-listen 127.0.0.1:7101 $(tls relay relay-1)
+start relay "$bin/parley-relay" --database-url "$relay_db" --node-id relay-1 --grpc-listen 127.0.0.1:7100 --ops-listen 127.0.0.1:7101 $(tls relay relay-1)
 wait_http http://127.0.0.1:7101/health
 start vg-1 "$bin/parley-visitor-gateway" --node-id vg-1 --http-listen 127.0.0.1:8081 \
   --internal-listen 127.0.0.1:7201 --ops-listen 127.0.0.1:7202 --relay-address 127.0.0.1:7100 $(tls visitor-gateway vg-1)
 start vg-2 "$bin/parley-visitor-gateway" --node-id vg-2 --http-listen 127.0.0.1:8082 \
   --internal-listen 127.0.0.1:7211 --ops-listen 127.0.0.1:7212 --relay-address 127.0.0.1:7100 $(tls visitor-gateway vg-2)
-start ag-1 "$bin/parley-agent-gateway" --node-id ag-1 --http-listen 127.0.0.1:8090 \
+start ag-1 "$bin/parley-agent-gateway" --database-url "$agent_db" --node-id ag-1 --http-listen 127.0.0.1:8090 \
   --ops-listen 127.0.0.1:7302 --relay-address 127.0.0.1:7100 $(tls agent-gateway ag-1)
 wait_http http://127.0.0.1:7202/health
 wait_http http://127.0.0.1:7212/health
