@@ -71,6 +71,16 @@ def node_tls(bin_dir, role, node):
     return ["--tls-ca", os.path.join(_CA_DIR, "ca.pem"), "--tls-cert", cert, "--tls-key", key]
 
 
+def service_env(cluster, role):
+    """The environment of a service of `cluster`: its own database login (`parleyctl db user`)."""
+    login = f"{cluster.db_name}_{role.replace('-', '_')}"
+    cluster.ctl("db", "user", "--role", role, "--name", login)
+    env = dict(cluster.env)
+    scheme, rest = cluster.database_url.split("://", 1)
+    env["PARLEY_DATABASE_URL"] = f"{scheme}://{login}@{rest.split('@', 1)[1]}"
+    return env
+
+
 class Node:
     def __init__(self, name, args, env, log_dir, http=None, ops=None):
         self.name, self.args, self.env, self.http, self.ops = name, args, env, http, ops
@@ -182,13 +192,7 @@ class Cluster:
         wait_until(lambda: node.health().status_code == 200, what=f"{node.name} health after restart")
 
     def service_env(self, role):
-        """The environment of a service: its own database login (`parleyctl db user`)."""
-        login = f"{self.db_name}_{role.replace('-', '_')}"
-        self.ctl("db", "user", "--role", role, "--name", login)
-        env = dict(self.env)
-        scheme, rest = self.database_url.split("://", 1)
-        env["PARLEY_DATABASE_URL"] = f"{scheme}://{login}@{rest.split('@', 1)[1]}"
-        return env
+        return service_env(self, role)
 
     def ctl(self, *args, check=True, stdin=None):
         result = subprocess.run([f"{self.bin}/parleyctl", *args], env=self.env, capture_output=True, text=True, input=stdin)

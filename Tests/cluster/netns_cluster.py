@@ -20,7 +20,7 @@ import uuid
 
 import requests
 
-from harness import ROOT, Node, node_tls, wait_until
+from harness import ROOT, Node, node_tls, service_env, wait_until
 import netns
 
 TOPOLOGY = os.path.join(ROOT, "deploy", "netns", "topology.sh")
@@ -190,13 +190,7 @@ class NetnsCluster:
         wait_until(up, timeout=30, what="haproxy")
 
     def service_env(self, role):
-        """The environment of a service: its own database login (`parleyctl db user`)."""
-        login = f"{self.db_name}_{role.replace('-', '_')}"
-        self.ctl("db", "user", "--role", role, "--name", login)
-        env = dict(self.env)
-        scheme, rest = self.database_url.split("://", 1)
-        env["PARLEY_DATABASE_URL"] = f"{scheme}://{login}@{rest.split('@', 1)[1]}"
-        return env
+        return service_env(self, role)
 
     def ctl(self, *args, check=True, stdin=None):
         # An administrator's shell in the internal zone.
