@@ -1,5 +1,5 @@
 # The front door: the same commands a developer and CI run.
-.PHONY: run test build protos check-protos bench chaos clean
+.PHONY: run test build protos check-protos bench chaos fuzz clean
 
 run:
 	./deploy/local/run.sh
@@ -21,6 +21,10 @@ bench:
 
 chaos:
 	./Tests/chaos/run-chaos.sh
+
+# FUZZ_SECONDS=300 by default.
+fuzz:
+	./Tests/fuzz/run-fuzz.sh
 
 clean:
 	rm -rf .build .run

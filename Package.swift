@@ -134,6 +134,8 @@ let package = Package(
             dependencies: ["ParleyAdmin", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: swiftSettings
         ),
+        // libFuzzer target (`make fuzz`); a no-op executable in normal builds.
+        .executableTarget(name: "parley-fuzz", dependencies: ["ParleyCore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ParleyCoreTests",
             dependencies: ["ParleyCore"],

@@ -40,6 +40,9 @@ echo "== unit and PostgreSQL integration tests (swift test)"
 swift test --skip-build 2>&1 | grep -vE "unhandled; explicitly declare|CMakeLists.txt" | tee /tmp/parley-swift-test.log | grep -E "✘|error|passed|failed" | tail -n 40
 grep -qE "Test run with [0-9]+ tests? (in [0-9]+ suites? )?passed" /tmp/parley-swift-test.log || { echo "swift test failed"; exit 1; }
 
+echo "== fuzzing the decoders, short (make fuzz runs for 5 minutes)"
+FUZZ_SECONDS=${PARLEY_TEST_FUZZ_SECONDS:-30} ./Tests/fuzz/run-fuzz.sh
+
 echo "== fault injection in the namespace topology, short (make chaos runs every class with 20 seeds)"
 python3 Tests/chaos/run_chaos.py --bin "$bin" --seeds 1 --conversations 4 --out "$(mktemp -d /tmp/parley-chaos.XXXXXX)" \
   --classes kill-visitor-gateway,kill-relay,postgres-crash,partition-edge-relay,partition-relay-postgres-oneway,drain-visitor-gateway \

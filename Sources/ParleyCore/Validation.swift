@@ -93,3 +93,14 @@ public enum Validate {
         return seconds
     }
 }
+
+/// A message as both the visitor and the agent API take it.
+public struct MessageBody: Decodable, Sendable {
+    public var clientMsgID: String?
+    public var text: String?
+
+    enum CodingKeys: String, CodingKey {
+        case clientMsgID = "client_msg_id"
+        case text
+    }
+}

@@ -8,9 +8,11 @@ import Synchronization
 ///
 /// A cluster may run several relays; every call goes to the relay that answered last and, if
 /// that one is unreachable or cannot reach PostgreSQL (`unavailable`), moves on to the next.
-/// That is safe because everything a gateway asks the relay is idempotent: messages carry
-/// their `client_msg_id`, conversation ids are chosen by the gateway, resumes and history are
-/// reads. Each of `grpcClients` must run (as a `GRPCClientService`) in the gateway's ServiceGroup.
+/// Repeating a call that may have committed is safe: messages carry their `client_msg_id`,
+/// conversation ids are chosen by the gateway, resumes and history are reads. A repeated claim
+/// or close that had committed answers `already_claimed` or `conversation_closed` instead of
+/// its original result, and writes nothing twice. Each of `grpcClients` must run (as a
+/// `GRPCClientService`) in the gateway's ServiceGroup.
 package struct RelayLink: Sendable {
     package let grpcClients: [GRPCClient<HTTP2ClientTransport.Posix>]
     let relays: [Parley_V1_Relay.Client<HTTP2ClientTransport.Posix>]

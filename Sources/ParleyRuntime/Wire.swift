@@ -1,16 +1,5 @@
 import ParleyCore
 
-/// A message as both the visitor and the agent API take it.
-public struct MessageBody: Decodable, Sendable {
-    public var clientMsgID: String?
-    public var text: String?
-
-    enum CodingKeys: String, CodingKey {
-        case clientMsgID = "client_msg_id"
-        case text
-    }
-}
-
 /// A page of a conversation's events, as both APIs return it: `more` says another page follows.
 public struct EventsPage: Encodable, Sendable {
     public var events: [ConversationEvent]

@@ -89,9 +89,9 @@ wait_http() { # url
 start relay "$bin/parley-relay" --database-url "$relay_db" --node-id relay-1 --grpc-listen 127.0.0.1:7100 --ops-listen 127.0.0.1:7101 $(tls relay relay-1)
 wait_http http://127.0.0.1:7101/health
 start vg-1 "$bin/parley-visitor-gateway" --node-id vg-1 --http-listen 127.0.0.1:8081 \
-  --internal-listen 127.0.0.1:7201 --ops-listen 127.0.0.1:7202 --relay-address 127.0.0.1:7100 $(tls visitor-gateway vg-1)
+  --internal-listen 127.0.0.1:7201 --ops-listen 127.0.0.1:7202 --relay-address 127.0.0.1:7100 --trusted-proxies 127.0.0.1 $(tls visitor-gateway vg-1)
 start vg-2 "$bin/parley-visitor-gateway" --node-id vg-2 --http-listen 127.0.0.1:8082 \
-  --internal-listen 127.0.0.1:7211 --ops-listen 127.0.0.1:7212 --relay-address 127.0.0.1:7100 $(tls visitor-gateway vg-2)
+  --internal-listen 127.0.0.1:7211 --ops-listen 127.0.0.1:7212 --relay-address 127.0.0.1:7100 --trusted-proxies 127.0.0.1 $(tls visitor-gateway vg-2)
 start ag-1 "$bin/parley-agent-gateway" --database-url "$agent_db" --node-id ag-1 --http-listen 127.0.0.1:8090 \
   --ops-listen 127.0.0.1:7302 --relay-address 127.0.0.1:7100 $(tls agent-gateway ag-1)
 wait_http http://127.0.0.1:7202/health
