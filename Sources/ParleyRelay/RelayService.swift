@@ -4,7 +4,6 @@ import Logging
 import ParleyCore
 import ParleyRPC
 import ParleyStore
-import Synchronization
 
 /// The relay's gRPC service: validates, commits, then delivers.
 struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
@@ -15,7 +14,8 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
     /// Who may call what: visitor gateways act for visitors on their own node only, agent
     /// gateways for agents (see docs/security.md).
     let security: InternalSecurity
-    let typingLimiter = TypingLimiter()
+    /// One typing signal a second per conversation and sender; the rest are dropped.
+    let typingLimiter = RateLimiter(perSecond: 1, burst: 1)
     /// This process's identity, so gateways notice a restart.
     let instance = UUID().uuidString
     let logger: Logger
@@ -151,14 +151,14 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
             }
             try security.authorize(context, sender == .visitor ? .visitorGateway : .agentGateway)
             if sender == .visitor {
-                guard typingLimiter.allow(conversation, sender) else { return Parley_V1_TypingResponse() }
+                guard typingLimiter.take("\(conversation) \(sender.rawValue)") == nil else { return Parley_V1_TypingResponse() }
                 try await events.notifyVisitorTyping(conversationID: conversation)
             } else {
                 let agent = try parseUUID(request.agentID, "agent_id")
                 guard let (node, name) = try await events.typingTarget(conversationID: conversation, agentID: agent) else {
                     throw ParleyError(.notAssigned, "only the agent assigned to the open conversation may signal typing")
                 }
-                guard typingLimiter.allow(conversation, sender) else { return Parley_V1_TypingResponse() }
+                guard typingLimiter.take("\(conversation) \(sender.rawValue)") == nil else { return Parley_V1_TypingResponse() }
                 let event = ConversationEvent(
                     seq: 0, type: ConversationEvent.Kind.typing, sender: .agent, text: "", clientMsgID: nil,
                     createdAtMillis: Timestamp.nowMillis(), agent: AgentRef(id: agent.uuidString.lowercased(), name: name))
@@ -194,21 +194,5 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
         response.more = page.more
         response.floor = page.floor
         return response
-    }
-}
-
-/// At most one typing signal per conversation and sender per second reaches the other side.
-final class TypingLimiter: Sendable {
-    private let last = Mutex<[String: ContinuousClock.Instant]>([:])
-
-    func allow(_ conversation: UUID, _ sender: Sender) -> Bool {
-        let key = "\(conversation) \(sender.rawValue)"
-        let now = ContinuousClock.now
-        return last.withLock { last in
-            if let previous = last[key], now - previous < .seconds(1) { return false }
-            if last.count > 100_000 { last = last.filter { now - $0.value < .seconds(1) } }
-            last[key] = now
-            return true
-        }
     }
 }
