@@ -54,9 +54,6 @@ public final class RateLimiter: Sendable {
             buckets = Dictionary(uniqueKeysWithValues: kept.map { ($0.key, $0.value) })
         }
     }
-
-    /// The number of keys held (for tests and metrics).
-    public var keys: Int { buckets.withLock { $0.count } }
 }
 
 extension ParleyError {
