@@ -12,7 +12,7 @@ public struct Parleyctl: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "parleyctl",
         abstract: "Administer a Parley cluster: database, node registry, agents, load balancer, certificates.",
-        subcommands: [DB.self, Nodes.self, Agents.self, LB.self, Certs.self])
+        subcommands: [DB.self, Nodes.self, Agents.self, Audit.self, LB.self, Certs.self])
 
     public init() {}
 }
@@ -34,6 +34,13 @@ struct DatabaseOptions: ParsableArguments {
         do { url = try DatabaseURL(raw) } catch let error as ParleyError { throw CLIError(error.message) }
         var logger = Logger(label: "parleyctl")
         logger.logLevel = .error
+        do {
+            try await url.probe(logger: logger)
+        } catch let error as PSQLError {
+            throw CLIError("database error: \(error.serverInfo?[.message] ?? "cannot reach \(url.host):\(url.port) (\(error.code)\(error.underlying.map { ": \($0)" } ?? ""))")")
+        } catch {
+            throw CLIError("database error: cannot reach \(url.host):\(url.port) (\(error))")
+        }
         let client = PostgresClient(configuration: url.clientConfiguration(maxConnections: 2), backgroundLogger: logger)
         return try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask {
@@ -57,13 +64,25 @@ struct DatabaseOptions: ParsableArguments {
 }
 
 extension DatabaseOptions {
-    /// Applies a registry edit to one node and reports it; a missing node is an error.
-    func editNode(_ id: String, done message: String, _ edit: @Sendable @escaping (Registry) async throws -> Bool) async throws {
-        guard try await withClient({ client, logger in try await edit(Registry(client: client, logger: logger)) }) else {
+    /// Applies a registry edit to one node, records it in the audit log and reports it; a
+    /// missing node is an error.
+    func editNode(
+        _ id: String, action: String, done message: String, _ edit: @Sendable @escaping (Registry) async throws -> Bool
+    ) async throws {
+        guard
+            try await withClient({ client, logger in
+                guard try await edit(Registry(client: client, logger: logger)) else { return false }
+                try await AuditLog(client: client, logger: logger).record(actor: Self.actor, action: action, subject: id)
+                return true
+            })
+        else {
             throw CLIError("no node with id \(id)")
         }
         print(message)
     }
+
+    /// Who the audit log names for a parleyctl change: the operating-system user running it.
+    static var actor: String { "admin:\(ProcessInfo.processInfo.environment["USER"] ?? "unknown")" }
 }
 
 /// A failure to report as one line and a non-zero exit.
@@ -174,7 +193,7 @@ struct Nodes: AsyncParsableCommand {
 
         func run() async throws {
             let id = self.id
-            try await database.editNode(id, done: "node \(id) is draining") { try await $0.setState(id: id, draining: true) }
+            try await database.editNode(id, action: AuditLog.Action.nodeDrain, done: "node \(id) is draining") { try await $0.setState(id: id, draining: true) }
         }
     }
 
@@ -185,7 +204,7 @@ struct Nodes: AsyncParsableCommand {
 
         func run() async throws {
             let id = self.id
-            try await database.editNode(id, done: "node \(id) is active") { try await $0.setState(id: id, draining: false) }
+            try await database.editNode(id, action: AuditLog.Action.nodeUndrain, done: "node \(id) is active") { try await $0.setState(id: id, draining: false) }
         }
     }
 
@@ -197,7 +216,7 @@ struct Nodes: AsyncParsableCommand {
 
         func run() async throws {
             let id = self.id
-            try await database.editNode(id, done: "node \(id) removed") { try await $0.remove(id: id) }
+            try await database.editNode(id, action: AuditLog.Action.nodeRemove, done: "node \(id) removed") { try await $0.remove(id: id) }
         }
     }
 }
@@ -229,7 +248,11 @@ struct Agents: AsyncParsableCommand {
             let hash = Bcrypt.hash(secret, cost: 10)
             let (email, name, role, update) = (self.email, self.name, self.role, self.update)
             let agent = try await database.withClient { client, logger in
-                try await AgentStore(client: client, logger: logger).add(email: email, name: name, role: role, passwordHash: hash, replace: update)
+                let agent = try await AgentStore(client: client, logger: logger).add(
+                    email: email, name: name, role: role, passwordHash: hash, replace: update)
+                try await AuditLog(client: client, logger: logger).record(
+                    actor: DatabaseOptions.actor, action: AuditLog.Action.agentAdd, subject: AuditLog.agent(agent.id), detail: "\(email) as \(role)")
+                return agent
             }
             if database.json { return try printJSON(agent) }
             print("agent \(agent.email) (\(agent.role)) id \(agent.id.uuidString.lowercased())")
@@ -256,10 +279,45 @@ struct Agents: AsyncParsableCommand {
 
         func run() async throws {
             let email = self.email
-            guard try await database.withClient({ client, logger in try await AgentStore(client: client, logger: logger).disable(email: email) }) else {
+            guard
+                try await database.withClient({ client, logger in
+                    guard try await AgentStore(client: client, logger: logger).disable(email: email) else { return false }
+                    try await AuditLog(client: client, logger: logger).record(
+                        actor: DatabaseOptions.actor, action: AuditLog.Action.agentDisable, subject: email)
+                    return true
+                })
+            else {
                 throw CLIError("no agent with email \(email)")
             }
             print("agent \(email) disabled")
+        }
+    }
+}
+
+struct Audit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "audit", abstract: "The append-only audit log.", subcommands: [List.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show audit entries, newest first.")
+        @OptionGroup var database: DatabaseOptions
+        @Option(help: "Only this action (login, login_failed, logout, claim, transfer, close, export, node_drain, ...).") var action: String?
+        @Option(help: "Entries before this id (paging).") var before: Int64?
+        @Option(help: "At most this many entries (1-1000).") var limit = 50
+
+        func validate() throws {
+            guard (1...1000).contains(limit) else { throw ValidationError("--limit must be from 1 to 1000") }
+        }
+
+        func run() async throws {
+            let (action, before, limit) = (self.action, self.before, self.limit)
+            let entries = try await database.withClient { client, logger in
+                try await AuditLog(client: client, logger: logger).list(before: before, action: action, limit: limit)
+            }
+            if database.json { return try printJSON(["entries": entries]) }
+            printTable(
+                ["ID", "AT", "ACTOR", "ACTION", "SUBJECT", "DETAIL"],
+                entries.map { ["\($0.id)", Timestamp.format($0.atMillis), $0.actor, $0.action, $0.subject, $0.detail] })
         }
     }
 }

@@ -16,6 +16,7 @@ struct AgentAPI: Sendable {
 
     let agents: AgentStore
     let queries: ConversationQueries
+    let audit: AuditLog
     let relay: RelayLink
     let feed: AgentFeed
     let secureCookies: Bool
@@ -41,6 +42,25 @@ struct AgentAPI: Sendable {
         }
     }
 
+    struct TransferBody: Decodable {
+        var agentID: String?
+        enum CodingKeys: String, CodingKey { case agentID = "agent_id" }
+    }
+
+    /// A conversation's whole history, as a supervisor exports it.
+    struct Transcript: Encodable {
+        var conversation: ConversationSummary
+        var events: [ConversationEvent]
+        var exportedAt: String
+        enum CodingKeys: String, CodingKey {
+            case conversation, events
+            case exportedAt = "exported_at"
+        }
+    }
+
+    /// Transcripts longer than this are refused rather than held in memory whole.
+    static let maxExportEvents = 20_000
+
     struct Session: Encodable {
         var token: String
         var agent: AgentView
@@ -50,8 +70,9 @@ struct AgentAPI: Sendable {
         let api = router.group("v1/agent")
         api.post("session") { request, _ in try await login(request) }
         api.delete("session") { request, context in
-            let (_, token) = try await authenticate(request, context, stateChanging: true)
+            let (agent, token) = try await authenticate(request, context, stateChanging: true)
             try await agents.deleteSession(token)
+            try await audit.record(actor: AuditLog.agent(agent.id), action: AuditLog.Action.logout)
             return try JSONBody.response(["ok": true], headers: [.setCookie: cookie("", maxAge: 0)])
         }
         api.get("me") { request, context in
@@ -108,6 +129,56 @@ struct AgentAPI: Sendable {
             let seq = try await relay.close(conversation: try conversationID(context), agent: agent.id)
             return try JSONBody.response(["seq": seq])
         }
+        api.post("conversations/:id/transfer") { request, context in
+            let (agent, _) = try await authenticate(request, context, role: .supervisor, stateChanging: true)
+            let body = try await JSONBody.decode(TransferBody.self, from: request)
+            guard let raw = body.agentID, let target = UUID(uuidString: raw) else {
+                throw ParleyError(.invalidRequest, "agent_id must be the id of the agent to transfer to")
+            }
+            let seq = try await relay.transfer(conversation: try conversationID(context), by: agent.id, to: target)
+            return try JSONBody.response(["seq": seq])
+        }
+        api.get("conversations/:id/export") { request, context in
+            let (agent, _) = try await authenticate(request, context, role: .supervisor)
+            let id = try conversationID(context)
+            guard let summary = try await queries.summary(id: id) else { throw ParleyError(.notFound, "no such conversation") }
+            guard summary.lastSeq <= Self.maxExportEvents else {
+                throw ParleyError(.invalidRequest, "the conversation has more than \(Self.maxExportEvents) events; page it with /events")
+            }
+            var events: [ConversationEvent] = []
+            var after: Int64 = 0
+            while true {
+                let page = try await queries.events(conversationID: id, after: after, limit: Limits.maxEventsPerRead)
+                events += page.events
+                after = page.events.last?.seq ?? after
+                if !page.more || page.events.isEmpty { break }
+            }
+            // Recorded before the transcript leaves, so that no export goes unrecorded.
+            try await audit.record(
+                actor: AuditLog.agent(agent.id), action: AuditLog.Action.export, subject: summary.id, detail: "\(events.count) events")
+            return try JSONBody.response(
+                Transcript(conversation: summary, events: events, exportedAt: Timestamp.format(Timestamp.nowMillis())),
+                headers: [.contentDisposition: "attachment; filename=\"conversation-\(summary.id).json\""])
+        }
+        api.get("agents") { request, context in
+            _ = try await authenticate(request, context, role: .supervisor)
+            return try JSONBody.response(["agents": try await agents.list().filter { !$0.disabled }.map(AgentView.init)])
+        }
+        api.get("audit") { request, context in
+            _ = try await authenticate(request, context, role: .admin)
+            let query = request.uri.queryParameters
+            let before = try query["before"].map { text -> Int64 in
+                guard let value = Int64(text), value > 0 else { throw ParleyError(.invalidRequest, "before must be a positive entry id") }
+                return value
+            }
+            let limit = try query["limit"].map { text -> Int in
+                guard let value = Int(text), (1...500).contains(value) else { throw ParleyError(.invalidRequest, "limit must be an integer from 1 to 500") }
+                return value
+            } ?? 100
+            let action = query["action"].map(String.init)
+            if let action, action.count > 32 { throw ParleyError(.invalidRequest, "action is too long") }
+            return try JSONBody.response(["entries": try await audit.list(before: before, action: action, limit: limit)])
+        }
         api.ws("ws") { request, context in
             do {
                 _ = try await authenticate(request, context)
@@ -151,16 +222,21 @@ struct AgentAPI: Sendable {
         let valid = try await NIOThreadPool.singleton.runIfActive { Bcrypt.verify(password, hash: hash) }
         guard valid, let (agent, _) = found else {
             throttle.failed(email.lowercased())
+            try await audit.record(actor: "email:\(email.lowercased())", action: AuditLog.Action.loginFailed)
             throw ParleyError(.unauthorized, "wrong email or password")
         }
         throttle.succeeded(email.lowercased())
         let token = try await agents.createSession(agentID: agent.id)
+        try await audit.record(actor: AuditLog.agent(agent.id), action: AuditLog.Action.login)
         return try JSONBody.response(Session(token: token, agent: AgentView(agent)), headers: [.setCookie: cookie(token, maxAge: 12 * 3600)])
     }
 
     /// The agent behind a request: a Bearer token, or the session cookie. A cookie-authenticated
     /// state-changing request must carry `X-Parley-CSRF`, which a cross-site form cannot add.
-    func authenticate(_ request: Request, _ context: Context, stateChanging: Bool = false) async throws -> (Agent, String) {
+    /// Every endpoint names the least role it needs; a lower one gets 403.
+    func authenticate(
+        _ request: Request, _ context: Context, role: AgentRole = .agent, stateChanging: Bool = false
+    ) async throws -> (Agent, String) {
         var token: String?
         if let header = request.headers[.authorization], header.hasPrefix("Bearer ") {
             token = String(header.dropFirst(7))
@@ -173,12 +249,35 @@ struct AgentAPI: Sendable {
         guard let token, !token.isEmpty, let agent = try await agents.agent(forSession: token) else {
             throw ParleyError(.unauthorized, "log in first")
         }
+        guard let held = AgentRole(rawValue: agent.role), held >= role else {
+            throw ParleyError(.forbidden, "this needs the \(role.rawValue) role")
+        }
         return (agent, token)
     }
 
     func cookie(_ token: String, maxAge: Int) -> String {
         "\(Self.sessionCookie)=\(token); Path=/; Max-Age=\(maxAge); HttpOnly; SameSite=Strict\(secureCookies ? "; Secure" : "")"
     }
+}
+
+/// What an agent account may do; each role may do everything the ones below it may.
+///
+/// - agent: the queue, claiming, replying to and closing their own conversations.
+/// - supervisor: also transferring and closing anyone's conversations, exporting transcripts,
+///   listing agents.
+/// - admin: also reading the audit log.
+enum AgentRole: String, Comparable, Sendable {
+    case agent, supervisor, admin
+
+    var rank: Int {
+        switch self {
+        case .agent: 0
+        case .supervisor: 1
+        case .admin: 2
+        }
+    }
+
+    static func < (lhs: AgentRole, rhs: AgentRole) -> Bool { lhs.rank < rhs.rank }
 }
 
 struct SeqReply: Encodable {

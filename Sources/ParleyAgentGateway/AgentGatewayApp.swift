@@ -47,7 +47,7 @@ public enum AgentGatewayApp {
         let feed = AgentFeed(client: postgres, logger: logger)
         let api = AgentAPI(
             agents: AgentStore(client: postgres, logger: logger), queries: ConversationQueries(client: postgres, logger: logger),
-            relay: relay, feed: feed, secureCookies: configuration.secureCookies)
+            audit: AuditLog(client: postgres, logger: logger), relay: relay, feed: feed, secureCookies: configuration.secureCookies)
         let webRoot = configuration.webRoot ?? Bundle.module.resourceURL!.appendingPathComponent("Public").path
         let router = makeWebRouter(BasicWebSocketRequestContext.self, webRoot: webRoot, logger: logger)
         api.register(on: router)

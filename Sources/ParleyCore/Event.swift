@@ -25,6 +25,8 @@ public struct ConversationEvent: Sendable, Hashable, Codable {
         public static let message = "message"
         public static let agentJoined = "agent_joined"
         public static let closed = "closed"
+        /// A supervisor moved the conversation to another agent (`agent` is the new one).
+        public static let transferred = "transferred"
         public static let typing = "typing"
     }
 

@@ -9,6 +9,8 @@ public enum Limits {
     public static let nameMaxLength = 100
     public static let emailMaxLength = 254
     public static let topicMaxLength = 200
+    /// The customer's own user id in identity verification.
+    public static let userIDMaxLength = 128
     /// Largest JSON request body any endpoint accepts.
     public static let requestBodyMaxBytes = 32 * 1024
     /// Long-poll waits: default and maximum, in seconds.

@@ -42,17 +42,26 @@ public struct VisitorTokenSigner: Sendable {
     }
 
     /// A token for one conversation, valid for `lifetimeSeconds` from `now`.
-    public func sign(conversationID: UUID, now: Date = Date()) -> String {
+    ///
+    /// With a verified `userID` the MAC covers it too (the token does not carry it): the token
+    /// then verifies only when the same user id is presented again, so a token taken from one
+    /// customer's user is useless without that user's id and hash.
+    public func sign(conversationID: UUID, userID: String? = nil, now: Date = Date()) -> String {
         let expires = Int64(now.timeIntervalSince1970) + lifetimeSeconds
         let body = "pv1.\(currentKeyID).\(conversationID.uuidString.lowercased()).\(expires)"
-        let mac = HMAC<SHA256>.authenticationCode(for: Data(body.utf8), using: SymmetricKey(data: keys[currentKeyID]!))
+        let mac = HMAC<SHA256>.authenticationCode(for: Self.signed(body, userID), using: SymmetricKey(data: keys[currentKeyID]!))
         return body + "." + Base64URL.encode(Data(mac))
+    }
+
+    private static func signed(_ body: String, _ userID: String?) -> Data {
+        // A newline cannot occur in the body, so the two parts cannot be re-split differently.
+        Data((userID.map { body + "\n" + $0 } ?? body).utf8)
     }
 
     /// Checks a token for `conversationID`; throws `unauthorized` for anything else.
     ///
     /// The MAC comparison is constant-time; the error never says which part failed.
-    public func verify(_ token: String, conversationID: UUID, now: Date = Date()) throws {
+    public func verify(_ token: String, conversationID: UUID, userID: String? = nil, now: Date = Date()) throws {
         let refused = ParleyError(.unauthorized, "the visitor token is missing, invalid or expired")
         guard token.utf8.count <= 256 else { throw refused }
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
@@ -60,8 +69,59 @@ public struct VisitorTokenSigner: Sendable {
             let expires = Int64(parts[3]), let mac = Base64URL.decode(String(parts[4]))
         else { throw refused }
         let body = parts[0..<4].joined(separator: ".")
-        guard HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: Data(body.utf8), using: SymmetricKey(data: key)) else { throw refused }
+        guard HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: Self.signed(body, userID), using: SymmetricKey(data: key)) else {
+            throw refused
+        }
         guard UUID(uuidString: String(parts[2])) == conversationID, expires > Int64(now.timeIntervalSince1970) else { throw refused }
+    }
+}
+
+/// Identity verification as Intercom does it: the customer's backend computes
+/// `hex(HMAC-SHA256(secret, user_id))` for its logged-in user and the page passes both to the
+/// chat; Parley checks the pair on every request, so a visitor cannot claim to be another user.
+public struct IdentityVerifier: Sendable {
+    private let secret: [UInt8]
+    /// When true, every conversation must come with a verified user id.
+    public let required: Bool
+
+    /// - Parameter secret: the shared secret, at least 32 bytes.
+    public init(secret: [UInt8], required: Bool) throws {
+        guard secret.count >= 32 else { throw ParleyError(.invalidRequest, "the identity verification secret is shorter than 32 bytes") }
+        self.secret = secret
+        self.required = required
+    }
+
+    /// What the customer's backend computes: the lowercase hex HMAC of the user id.
+    public func hash(userID: String) -> String {
+        HMAC<SHA256>.authenticationCode(for: Data(userID.utf8), using: SymmetricKey(data: secret)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Checks a user id and its hash in constant time; throws `unauthorized` otherwise.
+    public func verify(userID: String, hash: String) throws {
+        let refused = ParleyError(.unauthorized, "the user id and user hash do not match")
+        guard !userID.isEmpty, userID.utf8.count <= Limits.userIDMaxLength, hash.utf8.count == 64,
+            let mac = Self.hexBytes(hash)
+        else { throw refused }
+        guard HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: Data(userID.utf8), using: SymmetricKey(data: secret)) else { throw refused }
+    }
+
+    static func hexBytes(_ hex: String) -> [UInt8]? {
+        var bytes: [UInt8] = []
+        var iterator = hex.utf8.makeIterator()
+        while let high = iterator.next() {
+            guard let low = iterator.next(), let h = nibble(high), let l = nibble(low) else { return nil }
+            bytes.append(h << 4 | l)
+        }
+        return bytes
+    }
+
+    private static func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
+        default: nil
+        }
     }
 }
 

@@ -123,6 +123,15 @@ package struct RelayLink: Sendable {
         return try await call { try await $0.claim(request, options: Self.options) }.seq
     }
 
+    /// Moves a conversation to another agent on a supervisor's or admin's behalf; returns the event's seq.
+    package func transfer(conversation: UUID, by supervisor: UUID, to agent: UUID) async throws -> Int64 {
+        var request = Parley_V1_TransferRequest()
+        request.conversationID = conversation.uuidString.lowercased()
+        request.byAgentID = supervisor.uuidString.lowercased()
+        request.toAgentID = agent.uuidString.lowercased()
+        return try await call { try await $0.transfer(request, options: Self.options) }.seq
+    }
+
     /// Sends an ephemeral typing signal; `agent` is nil for the visitor.
     package func typing(conversation: UUID, agent: UUID?) async throws {
         var request = Parley_V1_TypingRequest()

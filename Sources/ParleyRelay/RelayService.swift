@@ -55,8 +55,9 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
             let email = try Validate.email(request.visitorEmail)
             let topic = try Validate.optionalField(request.topic, name: "topic", maxLength: Limits.topicMaxLength)
             let requested = request.conversationID.isEmpty ? UUID() : try parseUUID(request.conversationID, "conversation_id")
+            let userID = try Validate.optionalField(request.visitorUserID, name: "user_id", maxLength: Limits.userIDMaxLength)
             let (id, created) = try await events.startConversation(
-                id: requested, pinnedNode: request.nodeID, visitorName: name, visitorEmail: email, topic: topic)
+                id: requested, pinnedNode: request.nodeID, visitorName: name, visitorEmail: email, topic: topic, visitorUserID: userID)
             var response = Parley_V1_StartConversationResponse()
             response.conversationID = id.uuidString.lowercased()
             response.lastSeq = 0
@@ -138,6 +139,19 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
             let written = try await events.close(conversationID: try parseUUID(request.conversationID, "conversation_id"), agentID: agent)
             deliver(written, request.conversationID)
             var response = Parley_V1_CloseResponse()
+            response.seq = written.event.seq
+            return response
+        }
+    }
+
+    func transfer(request: Parley_V1_TransferRequest, context: ServerContext) async throws -> Parley_V1_TransferResponse {
+        try await RPCErrors.serving {
+            try security.authorize(context, .agentGateway)
+            let written = try await events.transfer(
+                conversationID: try parseUUID(request.conversationID, "conversation_id"), by: try parseUUID(request.byAgentID, "by_agent_id"),
+                to: try parseUUID(request.toAgentID, "to_agent_id"))
+            deliver(written, request.conversationID)
+            var response = Parley_V1_TransferResponse()
             response.seq = written.event.seq
             return response
         }

@@ -10,6 +10,8 @@ public struct ConversationSummary: Sendable, Hashable, Codable {
     public var visitorName: String
     public var visitorEmail: String
     public var topic: String
+    /// The customer's user id, set only when the visitor gateway verified it.
+    public var visitorUserID: String
     public var assignedAgent: AgentRef?
     public var lastSeq: Int64
     public var createdAt: String
@@ -27,6 +29,7 @@ public struct ConversationSummary: Sendable, Hashable, Codable {
         case id, status, topic
         case visitorName = "visitor_name"
         case visitorEmail = "visitor_email"
+        case visitorUserID = "visitor_user_id"
         case assignedAgent = "assigned_agent"
         case lastSeq = "last_seq"
         case createdAt = "created_at"
@@ -60,20 +63,21 @@ public struct ConversationQueries: Sendable {
             SELECT c.id, c.status, c.visitor_name, c.visitor_email, c.topic, c.assigned_agent, a.name, c.last_seq,
                    (extract(epoch FROM c.created_at) * 1000)::int8,
                    CASE WHEN c.status = 'queued' THEN extract(epoch FROM now() - c.created_at)::int8 ELSE 0 END,
-                   c.last_message_text, c.last_message_sender, (extract(epoch FROM c.last_message_at) * 1000)::int8
+                   c.last_message_text, c.last_message_sender, (extract(epoch FROM c.last_message_at) * 1000)::int8,
+                   c.visitor_user_id
             FROM conversations c LEFT JOIN agents a ON a.id = c.assigned_agent
             WHERE (\(status ?? "") = '' OR c.status = \(status ?? "")) AND (\(id == nil) OR c.id = \(id ?? UUID()))
             ORDER BY c.created_at ASC, c.id
             LIMIT \(limit)
             """, logger: logger)
         var result: [ConversationSummary] = []
-        for try await (id, status, name, email, topic, agentID, agentName, lastSeq, created, waiting, lastText, lastSender, lastAt) in rows.decode(
-            (UUID, String, String, String, String, UUID?, String?, Int64, Int64, Int64, String?, String?, Int64?).self)
+        for try await (id, status, name, email, topic, agentID, agentName, lastSeq, created, waiting, lastText, lastSender, lastAt, userID) in rows.decode(
+            (UUID, String, String, String, String, UUID?, String?, Int64, Int64, Int64, String?, String?, Int64?, String).self)
         {
             result.append(
                 ConversationSummary(
                     id: id.uuidString.lowercased(), status: status, visitorName: name, visitorEmail: email, topic: topic,
-                    assignedAgent: agentID.map { AgentRef(id: $0.uuidString.lowercased(), name: agentName ?? "") },
+                    visitorUserID: userID, assignedAgent: agentID.map { AgentRef(id: $0.uuidString.lowercased(), name: agentName ?? "") },
                     lastSeq: lastSeq, createdAt: Timestamp.format(created), waitingSeconds: waiting,
                     lastMessage: lastText.map {
                         ConversationSummary.LastMessage(text: $0, sender: lastSender ?? "", at: Timestamp.format(lastAt ?? created))

@@ -62,13 +62,13 @@ public struct EventStore: Sendable {
 
     /// Creates a conversation pinned to `node`.
     public func startConversation(
-        id: UUID = UUID(), pinnedNode: String, visitorName: String, visitorEmail: String, topic: String
+        id: UUID = UUID(), pinnedNode: String, visitorName: String, visitorEmail: String, topic: String, visitorUserID: String = ""
     ) async throws -> (id: UUID, createdAtMillis: Int64) {
         let rows = try await transaction { tx in
             let rows = try await tx.query(
                 """
-                INSERT INTO conversations (id, pinned_node, visitor_name, visitor_email, topic)
-                VALUES (\(id), \(pinnedNode), \(visitorName), \(visitorEmail), \(topic))
+                INSERT INTO conversations (id, pinned_node, visitor_name, visitor_email, topic, visitor_user_id)
+                VALUES (\(id), \(pinnedNode), \(visitorName), \(visitorEmail), \(topic), \(visitorUserID))
                 ON CONFLICT (id) DO NOTHING
                 RETURNING (extract(epoch FROM created_at) * 1000)::int8
                 """, logger: logger)
@@ -269,24 +269,66 @@ public struct EventStore: Sendable {
                 WHERE id = \(conversationID)
                 """, logger: logger)
             try await Self.notify(["e \(conversationID.uuidString.lowercased()) \(event.seq) \(event.seq)"], on: tx, logger: logger)
+            try await AuditLog.record(
+                actor: AuditLog.agent(agentID), action: AuditLog.Action.claim, subject: conversationID.uuidString.lowercased(), detail: "",
+                on: tx, logger: logger)
             return WrittenEvent(event: event, pinnedNode: node)
         }
     }
 
+    /// Moves a queued or open conversation to another agent with a `transferred` event. Only a
+    /// supervisor or admin may; the role is read here, in the transaction, not taken on trust.
+    public func transfer(conversationID: UUID, by supervisorID: UUID, to agentID: UUID) async throws -> WrittenEvent {
+        try await transaction { tx in
+            let (status, lastSeq, node, assigned) = try await Self.lock(conversationID, on: tx, logger: logger)
+            guard status != "closed" else { throw ParleyError(.conversationClosed, "the conversation is closed") }
+            guard let supervisor = try await Self.activeAgent(supervisorID, on: tx, logger: logger),
+                ["supervisor", "admin"].contains(supervisor.role)
+            else { throw ParleyError(.forbidden, "only supervisors and admins may transfer conversations") }
+            guard let target = try await Self.activeAgent(agentID, on: tx, logger: logger) else {
+                throw ParleyError(.invalidRequest, "no such active agent to transfer to")
+            }
+            guard assigned != agentID else { throw ParleyError(.invalidRequest, "the conversation is already assigned to that agent") }
+            let event = try await Self.insertSystemEvent(
+                conversationID, seq: lastSeq + 1, type: ConversationEvent.Kind.transferred, sender: .system,
+                text: "\(supervisor.name) transferred the conversation to \(target.name)",
+                agent: AgentRef(id: agentID.uuidString.lowercased(), name: target.name), on: tx, logger: logger)
+            try await tx.query(
+                """
+                UPDATE conversations SET status = 'open', assigned_agent = \(agentID), claimed_at = coalesce(claimed_at, now()),
+                       updated_at = now(), last_seq = \(event.seq)
+                WHERE id = \(conversationID)
+                """, logger: logger)
+            try await Self.notify(["e \(conversationID.uuidString.lowercased()) \(event.seq) \(event.seq)"], on: tx, logger: logger)
+            try await AuditLog.record(
+                actor: AuditLog.agent(supervisorID), action: AuditLog.Action.transfer, subject: conversationID.uuidString.lowercased(),
+                detail: "from \(assigned.map { $0.uuidString.lowercased() } ?? "queue") to \(agentID.uuidString.lowercased())",
+                on: tx, logger: logger)
+            return WrittenEvent(event: event, pinnedNode: node)
+        }
+    }
+
+    private static func activeAgent(_ id: UUID, on tx: PostgresConnection, logger: Logger) async throws -> (name: String, role: String)? {
+        let rows = try await tx.query("SELECT name, role FROM agents WHERE id = \(id) AND NOT disabled", logger: logger)
+        for try await row in rows.decode((String, String).self) { return row }
+        return nil
+    }
+
     /// Closes a conversation with a `closed` event. An agent may close a queued conversation or
-    /// one assigned to them; `agentID == nil` means the visitor closes it.
+    /// one assigned to them, a supervisor or admin any; `agentID == nil` means the visitor closes it.
     public func close(conversationID: UUID, agentID: UUID?) async throws -> WrittenEvent {
         try await transaction { tx in
             let (status, lastSeq, node, assigned) = try await Self.lock(conversationID, on: tx, logger: logger)
             guard status != "closed" else { throw ParleyError(.conversationClosed, "the conversation is already closed") }
             var agent: AgentRef?
             if let agentID {
-                if let assigned, assigned != agentID {
+                guard let (name, role) = try await Self.activeAgent(agentID, on: tx, logger: logger) else {
+                    throw ParleyError(.forbidden, "no such active agent")
+                }
+                if let assigned, assigned != agentID, !["supervisor", "admin"].contains(role) {
                     throw ParleyError(.notAssigned, "only the agent assigned to the conversation may close it")
                 }
-                for try await name in try await tx.query("SELECT name FROM agents WHERE id = \(agentID)", logger: logger).decode(String.self) {
-                    agent = AgentRef(id: agentID.uuidString.lowercased(), name: name)
-                }
+                agent = AgentRef(id: agentID.uuidString.lowercased(), name: name)
             }
             let text = agent.map { "\($0.name) closed the conversation" } ?? "The visitor closed the conversation"
             let event = try await Self.insertSystemEvent(
@@ -296,6 +338,9 @@ public struct EventStore: Sendable {
                 "UPDATE conversations SET status = 'closed', closed_at = now(), updated_at = now(), last_seq = \(event.seq) WHERE id = \(conversationID)",
                 logger: logger)
             try await Self.notify(["e \(conversationID.uuidString.lowercased()) \(event.seq) \(event.seq)"], on: tx, logger: logger)
+            try await AuditLog.record(
+                actor: agentID.map(AuditLog.agent) ?? "visitor", action: AuditLog.Action.close, subject: conversationID.uuidString.lowercased(),
+                detail: "", on: tx, logger: logger)
             return WrittenEvent(event: event, pinnedNode: node)
         }
     }

@@ -117,6 +117,45 @@ public enum Migrations {
                 "GRANT SELECT, INSERT, DELETE ON agent_sessions TO parley_agent_gateway",
             ]
         ),
+        (
+            3, "audit log, verified visitor identity",
+            [
+                // Append-only: no service may change or remove a row, and a trigger refuses it
+                // even for the owner, so rewriting history takes a visible schema change.
+                """
+                CREATE TABLE audit_log (
+                    id bigserial PRIMARY KEY,
+                    at timestamptz NOT NULL DEFAULT now(),
+                    actor text NOT NULL,
+                    action text NOT NULL,
+                    subject text NOT NULL DEFAULT '',
+                    detail text NOT NULL DEFAULT ''
+                )
+                """,
+                "CREATE INDEX audit_log_action ON audit_log (action, id)",
+                """
+                CREATE FUNCTION parley_audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    RAISE EXCEPTION 'the audit log is append-only' USING ERRCODE = '42501';
+                END $$
+                """,
+                """
+                CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+                FOR EACH ROW EXECUTE FUNCTION parley_audit_log_append_only()
+                """,
+                """
+                CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+                FOR EACH STATEMENT EXECUTE FUNCTION parley_audit_log_append_only()
+                """,
+                "GRANT INSERT ON audit_log TO parley_relay, parley_agent_gateway",
+                "GRANT USAGE ON SEQUENCE audit_log_id_seq TO parley_relay, parley_agent_gateway",
+                // Admins read the log through the agent gateway.
+                "GRANT SELECT ON audit_log TO parley_agent_gateway",
+                // The relay checks a supervisor's role itself for transfers and closes.
+                "GRANT SELECT (role) ON agents TO parley_relay",
+                "ALTER TABLE conversations ADD COLUMN visitor_user_id text NOT NULL DEFAULT ''",
+            ]
+        ),
     ]
 
     /// Applies every migration not applied yet, each in its own transaction, under an advisory

@@ -17,12 +17,15 @@ struct VisitorAPI: Sendable {
     let hub: ConversationHub
     let relay: RelayLink
     let tokens: VisitorTokenSigner
+    /// Identity verification, when the deployment has a shared secret (`identity.secret`).
+    let identity: IdentityVerifier?
     let health: NodeHealth
     let secureCookies: Bool
     let clients: ClientAddress
     /// Messages per conversation, and new conversations per client address.
     let messageLimiter: RateLimiter
     let startLimiter: RateLimiter
+    let connectionCaps: AddressConnectionCaps
     let rateLimited = Counter(label: "parley_gateway_rate_limited_total")
     let connected = Gauge(label: "parley_gateway_connected_visitors")
     let connections = ConnectionCounter()
@@ -31,6 +34,13 @@ struct VisitorAPI: Sendable {
         var name: String?
         var email: String?
         var topic: String?
+        var userID: String?
+        var userHash: String?
+        enum CodingKeys: String, CodingKey {
+            case name, email, topic
+            case userID = "user_id"
+            case userHash = "user_hash"
+        }
     }
 
     struct Started: Encodable {
@@ -70,6 +80,7 @@ struct VisitorAPI: Sendable {
         conversations.ws(":id/ws") { request, context in
             do {
                 _ = try authorize(request, context)
+                guard connectionCaps.held(clients.of(request, context)) < connectionCaps.limit else { return .dontUpgrade }
                 return .upgrade([:])
             } catch {
                 return .dontUpgrade
@@ -93,6 +104,8 @@ struct VisitorAPI: Sendable {
         call.visitorName = try Validate.optionalField(body.name, name: "name", maxLength: Limits.nameMaxLength)
         call.visitorEmail = try Validate.email(body.email)
         call.topic = try Validate.optionalField(body.topic, name: "topic", maxLength: Limits.topicMaxLength)
+        let userID = try verifiedUser(body.userID, body.userHash)
+        call.visitorUserID = userID ?? ""
         // Hold the conversation before it exists anywhere: an agent may claim it the moment it
         // is committed, and that delivery must find it here.
         let id = UUID()
@@ -105,7 +118,7 @@ struct VisitorAPI: Sendable {
             hub.evict(id)
             throw error
         }
-        let token = tokens.sign(conversationID: id)
+        let token = tokens.sign(conversationID: id, userID: userID)
         var headers = nodeCookie()
         headers.append(HTTPField(name: .setCookie, value: tokenCookie(token, id)))
         return try JSONBody.response(
@@ -151,6 +164,8 @@ struct VisitorAPI: Sendable {
         let id = try authorize(request, context)
         let after = try Validate.cursor(request.uri.queryParameters["after"].map(String.init))
         let wait = try Validate.waitSeconds(request.uri.queryParameters["wait"].map(String.init))
+        let address = try holdConnection(request, context)
+        defer { connectionCaps.release(address) }
         connections.opened(connected)
         defer { connections.closed(connected) }
         let page = try await read(id, after: after, wait: .seconds(wait))
@@ -190,6 +205,7 @@ struct VisitorAPI: Sendable {
             request.headers[HTTPField.Name("Last-Event-ID")!] ?? request.uri.queryParameters["after"].map(String.init),
             name: "the cursor (Last-Event-ID or after)")
         _ = try await read(id, after: cursor, wait: .zero)  // fail fast with a JSON error before streaming
+        let address = try holdConnection(request, context)
         var headers = nodeCookie()
         headers[.contentType] = "text/event-stream"
         headers[.cacheControl] = "no-store"
@@ -198,6 +214,7 @@ struct VisitorAPI: Sendable {
         return Response(
             status: .ok, headers: headers,
             body: ResponseBody { writer in
+                defer { api.connectionCaps.release(address) }
                 api.connections.opened(api.connected)
                 defer { api.connections.closed(api.connected) }
                 var after = cursor
@@ -245,6 +262,12 @@ struct VisitorAPI: Sendable {
     func webSocket(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, context: WebSocketRouterContext<Context>) async throws {
         let id = try authorize(context.request, context.requestContext)
         let cursor = try Validate.cursor(context.request.uri.queryParameters["after"].map(String.init))
+        let address = clients.of(context.request, context.requestContext)
+        guard connectionCaps.acquire(address) else {
+            try await outbound.close(.policyViolation, reason: "too many connections from this address")
+            return
+        }
+        defer { connectionCaps.release(address) }
         connections.opened(connected)
         defer { connections.closed(connected) }
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -338,8 +361,42 @@ struct VisitorAPI: Sendable {
         } else {
             token = request.cookies[Self.tokenCookieName]?.value
         }
-        try tokens.verify(token ?? "", conversationID: id)
+        let query = request.uri.queryParameters
+        let userID = request.headers[Self.userIDHeader] ?? query["user_id"].map(String.init)
+        let userHash = request.headers[Self.userHashHeader] ?? query["user_hash"].map(String.init)
+        try tokens.verify(token ?? "", conversationID: id, userID: try verifiedUser(userID, userHash))
         return id
+    }
+
+    static let userIDHeader = HTTPField.Name("X-Parley-User-Id")!
+    static let userHashHeader = HTTPField.Name("X-Parley-User-Hash")!
+
+    /// The user id when it comes with a valid hash; nil for an anonymous visitor where that is
+    /// allowed. Checked on every request, so a visitor cannot claim to be another user.
+    func verifiedUser(_ userID: String?, _ userHash: String?) throws -> String? {
+        let userID = userID.flatMap { $0.isEmpty ? nil : $0 }
+        guard let identity else {
+            if userID != nil || userHash != nil {
+                throw ParleyError(.invalidRequest, "user_id and user_hash were given, but identity verification is not configured")
+            }
+            return nil
+        }
+        guard let userID else {
+            if identity.required { throw ParleyError(.unauthorized, "this site requires a verified user id and user hash") }
+            return nil
+        }
+        try identity.verify(userID: userID, hash: userHash ?? "")
+        return userID
+    }
+
+    /// Takes one of the client address's long-lived connection slots, or refuses with 429.
+    func holdConnection(_ request: Request, _ context: Context) throws -> String {
+        let address = clients.of(request, context)
+        guard connectionCaps.acquire(address) else {
+            rateLimited.increment()
+            throw ParleyError.rateLimited(retryAfter: .seconds(5), "too many open connections from this address")
+        }
+        return address
     }
 
     func nodeCookie() -> HTTPFields {

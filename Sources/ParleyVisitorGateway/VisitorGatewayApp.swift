@@ -33,6 +33,14 @@ public struct VisitorGatewayConfiguration: Sendable {
     public var messagesBurst: Int
     public var startsPerSecond: Double
     public var startsBurst: Int
+    /// Identity verification's shared secret (`identity.secret`, at least 32 bytes), and whether
+    /// every visitor must present a verified user id (`identity.required`, default true).
+    public var identitySecret: String?
+    public var identityRequired: Bool
+    /// Long-lived connections (WebSocket, SSE, waiting long-polls) one client address may hold.
+    public var connectionsPerAddress: Int
+    /// Seconds an HTTP connection may sit between requests (or before its first) before it is closed.
+    public var idleTimeoutSeconds: Int
     public var webRoot: String?
     public var logLevel: String?
 
@@ -61,6 +69,13 @@ public struct VisitorGatewayConfiguration: Sendable {
         startsPerSecond = try settings.double("rate.starts.per.second", default: Limits.startsPerSecond)
         startsBurst = try settings.int("rate.starts.burst", default: Limits.startsBurst)
         guard messagesBurst >= 1, startsBurst >= 1 else { throw ParleyError(.invalidRequest, "rate bursts must be at least 1") }
+        identitySecret = settings.optionalString("identity.secret")
+        identityRequired = settings.string("identity.required", default: "true") == "true"
+        connectionsPerAddress = try settings.int("connections.per.address", default: 100)
+        idleTimeoutSeconds = try settings.int("http.idle.timeout", default: 30)
+        guard connectionsPerAddress >= 1, idleTimeoutSeconds >= 1 else {
+            throw ParleyError(.invalidRequest, "connections.per.address and http.idle.timeout must be at least 1")
+        }
         webRoot = settings.optionalString("web.root")
         logLevel = settings.optionalString("log.level")
     }
@@ -75,10 +90,13 @@ public enum VisitorGatewayApp {
         let health = NodeHealth()
         let hub = ConversationHub(relay: relay, nodeID: configuration.nodeID, capacity: configuration.memoryEvents, logger: logger)
         let api = VisitorAPI(
-            nodeID: configuration.nodeID, hub: hub, relay: relay, tokens: tokens, health: health, secureCookies: configuration.secureCookies,
+            nodeID: configuration.nodeID, hub: hub, relay: relay, tokens: tokens,
+            identity: try configuration.identitySecret.map { try IdentityVerifier(secret: Array($0.utf8), required: configuration.identityRequired) },
+            health: health, secureCookies: configuration.secureCookies,
             clients: ClientAddress(trustedProxies: Set(configuration.trustedProxies)),
             messageLimiter: RateLimiter(perSecond: configuration.messagesPerSecond, burst: configuration.messagesBurst),
-            startLimiter: RateLimiter(perSecond: configuration.startsPerSecond, burst: configuration.startsBurst))
+            startLimiter: RateLimiter(perSecond: configuration.startsPerSecond, burst: configuration.startsBurst),
+            connectionCaps: AddressConnectionCaps(limit: configuration.connectionsPerAddress))
 
         let webRoot = configuration.webRoot ?? Bundle.module.resourceURL!.appendingPathComponent("Public").path
         let router = makeWebRouter(VisitorRequestContext.self, webRoot: webRoot, logger: logger)
@@ -86,7 +104,12 @@ public enum VisitorGatewayApp {
         api.register(on: router)
         let app = Application(
             router: router,
-            server: .http1WebSocketUpgrade(webSocketRouter: router, configuration: .init(maxFrameSize: Limits.requestBodyMaxBytes)),
+            server: .http1WebSocketUpgrade(
+                webSocketRouter: router,
+                configuration: .init(
+                    http1: .init(idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds))),
+                    // Pings find dead peers; an unanswered one closes the socket.
+                    ws: .init(maxFrameSize: Limits.requestBodyMaxBytes, autoPing: .enabled(timePeriod: .seconds(30))))),
             configuration: .init(address: .hostname(configuration.httpListen.host, port: configuration.httpListen.port), serverName: nil),
             logger: logger)
 

@@ -1,6 +1,7 @@
 import Hummingbird
 import HummingbirdWebSocket
 import NIOCore
+import Synchronization
 
 /// The visitor API's request context: a WebSocket-capable context that also knows the peer's
 /// address, which per-client limits need.
@@ -27,4 +28,32 @@ struct ClientAddress: Sendable {
         let last = forwarded.split(separator: ",").last.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
         return last.isEmpty || last.count > 45 ? peer : last
     }
+}
+
+/// Caps the long-lived connections (WebSocket, SSE, waiting long-polls) one client address may
+/// hold, so that one host cannot take a gateway's file descriptors from everyone else.
+final class AddressConnectionCaps: Sendable {
+    let limit: Int
+    private let open = Mutex<[String: Int]>([:])
+
+    init(limit: Int) { self.limit = limit }
+
+    /// Takes a slot for `address`, or returns false when it already holds `limit`.
+    func acquire(_ address: String) -> Bool {
+        open.withLock { open in
+            let held = open[address, default: 0]
+            guard held < limit else { return false }
+            open[address] = held + 1
+            return true
+        }
+    }
+
+    func release(_ address: String) {
+        open.withLock { open in
+            let held = open[address, default: 0] - 1
+            open[address] = held > 0 ? held : nil
+        }
+    }
+
+    func held(_ address: String) -> Int { open.withLock { $0[address, default: 0] } }
 }

@@ -49,4 +49,27 @@ import Testing
         #expect(throws: ParleyError.self) { try VisitorTokenSigner.parseKeys("no-colon") }
         #expect((try? VisitorTokenSigner.parseKeys("a:\(Data(key).base64EncodedString())"))?["a"] == key)
     }
+
+    @Test func identityHashesVerifyOnlyForTheirUser() throws {
+        let identity = try IdentityVerifier(secret: key, required: true)
+        let hash = identity.hash(userID: "alice")
+        try identity.verify(userID: "alice", hash: hash)
+        try identity.verify(userID: "alice", hash: hash.uppercased())
+        for (user, bad) in [("bob", hash), ("alice", identity.hash(userID: "bob")), ("alice", ""), ("alice", String(hash.dropLast())),
+                            ("alice", String(hash.dropLast()) + "g"), ("", identity.hash(userID: ""))] {
+            #expect(throws: ParleyError.self) { try identity.verify(userID: user, hash: bad) }
+        }
+        #expect(throws: ParleyError.self) { try IdentityVerifier(secret: [1, 2, 3], required: false) }
+    }
+
+    @Test func aTokenBoundToAUserVerifiesOnlyWithThatUser() throws {
+        let signer = try VisitorTokenSigner(keys: ["k1": key], currentKeyID: "k1")
+        let conversation = UUID()
+        let bound = signer.sign(conversationID: conversation, userID: "alice")
+        try signer.verify(bound, conversationID: conversation, userID: "alice")
+        #expect(throws: ParleyError.self) { try signer.verify(bound, conversationID: conversation) }
+        #expect(throws: ParleyError.self) { try signer.verify(bound, conversationID: conversation, userID: "bob") }
+        let anonymous = signer.sign(conversationID: conversation)
+        #expect(throws: ParleyError.self) { try signer.verify(anonymous, conversationID: conversation, userID: "alice") }
+    }
 }

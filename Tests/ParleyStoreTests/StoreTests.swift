@@ -24,9 +24,9 @@ func withDatabase<T: Sendable>(_ body: @Sendable (PostgresClient, Logger) async 
     }
 }
 
-func makeAgent(_ client: PostgresClient, _ logger: Logger, name: String = "Ann") async throws -> Agent {
+func makeAgent(_ client: PostgresClient, _ logger: Logger, name: String = "Ann", role: String = "agent") async throws -> Agent {
     try await AgentStore(client: client, logger: logger).add(
-        email: "\(UUID().uuidString.prefix(8))@agents.test", name: name, role: "agent", passwordHash: "x")
+        email: "\(UUID().uuidString.prefix(8))@agents.test", name: name, role: role, passwordHash: "x")
 }
 
 @Suite(.enabled(if: testDatabaseURL != nil, "needs PARLEY_TEST_DATABASE_URL (make test sets it)"))
@@ -129,6 +129,35 @@ struct StoreTests {
             let page = try await store.events(conversationID: id, after: 0, limit: 10)
             #expect(page.events.map(\.type) == ["agent_joined", "message", "closed"])
             #expect(page.status == "closed")
+        }
+    }
+
+    @Test func onlySupervisorsTransferAndEachChangeIsAuditedWithIt() async throws {
+        try await withDatabase { client, logger in
+            let store = EventStore(client: client, logger: logger)
+            let (id, _) = try await store.startConversation(pinnedNode: "vg-t", visitorName: "", visitorEmail: "", topic: "")
+            let ann = try await makeAgent(client, logger)
+            let bob = try await makeAgent(client, logger, name: "Bob")
+            let sue = try await makeAgent(client, logger, name: "Sue", role: "supervisor")
+            _ = try await store.claim(conversationID: id, agentID: ann.id)
+            // An agent cannot move a conversation, not even their own; a supervisor can.
+            await #expect(throws: ParleyError(.forbidden, "only supervisors and admins may transfer conversations")) {
+                try await store.transfer(conversationID: id, by: ann.id, to: bob.id)
+            }
+            let moved = try await store.transfer(conversationID: id, by: sue.id, to: bob.id)
+            #expect(moved.event.type == ConversationEvent.Kind.transferred && moved.event.agent?.name == "Bob" && moved.event.seq == 2)
+            // Ann no longer writes; Bob does; Sue may close though not assigned.
+            let outcomes = try await store.append([
+                AppendItem(conversationID: id, sender: .agent, clientMsgID: "a", text: "ann", agentID: ann.id),
+                AppendItem(conversationID: id, sender: .agent, clientMsgID: "b", text: "bob", agentID: bob.id),
+            ])
+            #expect(outcomes[0] == .failed(ParleyError(.notAssigned, "only the agent assigned to the conversation may write to it")))
+            await #expect(throws: ParleyError.self) { try await store.close(conversationID: id, agentID: ann.id) }
+            _ = try await store.close(conversationID: id, agentID: sue.id)
+            let subject = id.uuidString.lowercased()
+            let entries = try await AuditLog(client: client, logger: logger).list(limit: 500).filter { $0.subject == subject }
+            #expect(entries.map(\.action) == ["close", "transfer", "claim"])
+            #expect(entries.map(\.actor) == [AuditLog.agent(sue.id), AuditLog.agent(sue.id), AuditLog.agent(ann.id)])
         }
     }
 
@@ -265,6 +294,11 @@ struct RoleTests {
             #expect(await refused(client, logger, "UPDATE nodes SET state = 'active' WHERE id = 'vg-r'"))
             #expect(await refused(client, logger, "DELETE FROM agent_sessions"))
             #expect(await refused(client, logger, "CREATE TABLE intruder (x int)"))
+            // The audit log takes new entries and nothing else.
+            try await AuditLog(client: client, logger: logger).record(actor: "test", action: "probe")
+            #expect(await refused(client, logger, "UPDATE audit_log SET actor = 'x'"))
+            #expect(await refused(client, logger, "DELETE FROM audit_log"))
+            #expect(await refused(client, logger, "SELECT * FROM audit_log"))
         }
         try await withLogin(agentGateway) { client, logger in
             let summary = try await ConversationQueries(client: client, logger: logger).summary(id: conversation)
@@ -273,6 +307,8 @@ struct RoleTests {
             #expect(await refused(client, logger, "UPDATE conversations SET status = 'closed' WHERE id = '\(id)'"))
             #expect(await refused(client, logger, "UPDATE agents SET role = 'admin'"))
             #expect(await refused(client, logger, "DELETE FROM nodes"))
+            #expect(await refused(client, logger, "DELETE FROM audit_log"))
+            #expect(await refused(client, logger, "TRUNCATE audit_log"))
             #expect(await refused(client, logger, "CREATE TABLE intruder (x int)"))
         }
     }

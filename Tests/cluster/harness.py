@@ -224,10 +224,10 @@ class Cluster:
         return f"http://127.0.0.1:{self.agent_gateways[name].http}"
 
     # --- actors --------------------------------------------------------------------------
-    def new_agent(self, name="Agent"):
+    def new_agent(self, name="Agent", role="agent"):
         email = f"{uuid.uuid4().hex[:8]}@agents.test"
         password = secrets.token_urlsafe(12)
-        self.ctl("agents", "add", "--email", email, "--name", name, "--password-stdin", stdin=password + "\n")
+        self.ctl("agents", "add", "--email", email, "--name", name, "--role", role, "--password-stdin", stdin=password + "\n")
         return email, password
 
 

@@ -88,3 +88,77 @@ def test_cross_site_requests_are_refused(cluster):
     ws = websocket.create_connection(f"ws://{host}/v1/conversations/{visitor.conversation}/ws", header=[f"Cookie: {cookie}"],
                                      origin=f"http://{host}", timeout=5)
     ws.close()
+
+
+def test_identity_verification_is_checked_on_every_request(cluster):
+    import hashlib
+    import hmac
+    secret = "a-shared-secret-of-at-least-32-bytes!!"
+    gateway = cluster.add_visitor_gateway("vg-identity", extra_args=["--identity-secret", secret])
+    wait_until(lambda: gateway.health().status_code == 200, what="vg-identity up")
+    base = f"http://127.0.0.1:{gateway.http}/v1/conversations"
+    sign = lambda user: hmac.new(secret.encode(), user.encode(), hashlib.sha256).hexdigest()
+    try:
+        # Starting needs a user id with its hash, made by the customer's backend.
+        refused = [requests.post(base, json=body, timeout=10) for body in (
+            {}, {"user_id": "alice"}, {"user_id": "alice", "user_hash": sign("mallory")}, {"user_id": "alice", "user_hash": "zz" * 32})]
+        assert [r.status_code for r in refused] == [401, 401, 401, 401], [r.text for r in refused]
+        started = requests.post(base, json={"user_id": "alice", "user_hash": sign("alice"), "name": "Alice"}, timeout=10)
+        assert started.status_code == 201, started.text
+        conversation, token = started.json()["conversation_id"], started.json()["visitor_token"]
+        url = f"{base}/{conversation}/messages"
+        auth = {"Authorization": f"Bearer {token}"}
+        as_alice = {**auth, "X-Parley-User-Id": "alice", "X-Parley-User-Hash": sign("alice")}
+        # Every message must carry the identity again: without it, with another user's valid
+        # pair, or with a forged hash, the token alone is not enough.
+        for headers in (auth, {**auth, "X-Parley-User-Id": "bob", "X-Parley-User-Hash": sign("bob")},
+                        {**auth, "X-Parley-User-Id": "alice", "X-Parley-User-Hash": sign("bob")}):
+            response = requests.post(url, json={"client_msg_id": "m1", "text": "hi"}, headers=headers, timeout=10)
+            assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized", response.text
+        assert cluster.psql(f"SELECT count(*) FROM events WHERE conversation_id = '{conversation}'") == "0"
+        assert requests.post(url, json={"client_msg_id": "m1", "text": "hi"}, headers=as_alice, timeout=10).status_code == 201
+        # Reads too; the WebSocket takes the pair in its query.
+        assert requests.get(f"{base}/{conversation}/events", params={"wait": 0}, headers=auth, timeout=10).status_code == 401
+        assert requests.get(f"{base}/{conversation}/events", params={"wait": 0}, headers=as_alice, timeout=10).status_code == 200
+        socket = websocket.create_connection(
+            f"ws://127.0.0.1:{gateway.http}/v1/conversations/{conversation}/ws?after=0&user_id=alice&user_hash={sign('alice')}",
+            header=[f"Authorization: Bearer {token}"], origin=f"http://127.0.0.1:{gateway.http}", timeout=5)
+        socket.close()
+        # Agents see the verified user id.
+        assert cluster.psql(f"SELECT visitor_user_id FROM conversations WHERE id = '{conversation}'") == "alice"
+    finally:
+        gateway.stop()
+    # Where identity verification is not configured, a user_id is refused rather than trusted.
+    response = requests.post(f"{cluster.lb_url}/v1/conversations", json={"user_id": "alice", "user_hash": sign("alice")}, timeout=10)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
+
+
+def test_one_address_holds_a_bounded_number_of_connections(cluster):
+    gateway = cluster.add_visitor_gateway("vg-capped", extra_args=["--connections-per-address", "2"])
+    wait_until(lambda: gateway.health().status_code == 200, what="vg-capped up")
+    base = f"http://127.0.0.1:{gateway.http}/v1/conversations"
+    try:
+        started = requests.post(base, json={}, timeout=10).json()
+        url = f"{base}/{started['conversation_id']}/events"
+        auth = {"Authorization": f"Bearer {started['visitor_token']}"}
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            waiting = [pool.submit(requests.get, url, params={"wait": 20}, headers=auth, timeout=30) for _ in range(2)]
+            wait_until(lambda: gateway_metric(gateway, "parley_gateway_connected_visitors") >= 2, what="two long-polls held")
+            third = requests.get(url, params={"wait": 0}, headers=auth, timeout=10)
+            assert third.status_code == 429 and third.json()["error"]["code"] == "rate_limited"
+            assert int(third.headers["Retry-After"]) >= 1
+            # Another client behind the proxy is not affected.
+            other = requests.get(url, params={"wait": 0}, headers={**auth, "X-Forwarded-For": "198.51.100.9"}, timeout=10)
+            assert other.status_code == 200
+            # A message wakes the held polls; their slots are returned.
+            assert requests.post(f"{base}/{started['conversation_id']}/messages", json={"client_msg_id": "c1", "text": "hi"},
+                                 headers=auth, timeout=10).status_code == 201
+            assert all(f.result().status_code == 200 for f in waiting)
+        wait_until(lambda: requests.get(url, params={"wait": 0}, headers=auth, timeout=10).status_code == 200, what="slot returned")
+    finally:
+        gateway.stop()
+
+
+def gateway_metric(gateway, name):
+    from harness import metric
+    return metric(gateway.metrics(), name)

@@ -17,5 +17,7 @@ def test_the_api_document_is_valid_and_complete():
                   "/v1/conversations/{id}/stream", "/v1/conversations/{id}/ws", "/v1/conversations/{id}/typing",
                   "/v1/agent/session", "/v1/agent/conversations", "/v1/agent/conversations/{id}/claim",
                   "/v1/agent/conversations/{id}/messages", "/v1/agent/conversations/{id}/close", "/v1/agent/ws",
+                  "/v1/agent/conversations/{id}/transfer", "/v1/agent/conversations/{id}/export", "/v1/agent/agents",
+                  "/v1/agent/audit",
                   "/health", "/metrics"):
         assert route in paths, route

@@ -4,6 +4,7 @@
 #       -> starts it (initialising on first use), prints the admin URL. With ADDRESS it also
 #          listens there and trusts that /24 (the test network topology's internal zone).
 #   postgres.sh stop DATA_DIR
+# PARLEY_PG_OPTIONS adds server options on start (e.g. "-c ssl=on -c ssl_cert_file=…").
 # PostgreSQL refuses to run as root, so as root it runs as the `postgres` OS user.
 set -euo pipefail
 cmd=${1:?start|stop}; data=${2:?data folder}; port=${3:-55432}; address=${4:-}
@@ -32,7 +33,7 @@ start)
   fi
   if ! as_owner "$bindir/pg_ctl" -D "$data" status >/dev/null 2>&1; then
     as_owner "$bindir/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
-      -o "-p $port -k $data -c listen_addresses=127.0.0.1${address:+,$address} -c max_connections=200 -c fsync=on" start >/dev/null
+      -o "-p $port -k $data -c listen_addresses=127.0.0.1${address:+,$address} -c max_connections=200 -c fsync=on ${PARLEY_PG_OPTIONS:-}" start >/dev/null
   fi
   for _ in $(seq 1 100); do
     "$bindir/pg_isready" -h 127.0.0.1 -p "$port" -q && break

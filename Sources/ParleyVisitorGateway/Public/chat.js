@@ -19,6 +19,16 @@ let sendChain = Promise.resolve();
 const typing = { timer: null, sentAt: 0 }; // agent's "is typing" indicator; when we last signalled our own typing
 const recv = { gen: 0, ws: null, poll: null, pollAbort: null, wsTimer: null, wsFailures: 0, gapTimer: null, trying: null };
 
+// Identity verification: the customer's site opens the chat as `…/#user_id=…&user_hash=…`,
+// the hash made by its backend (HMAC-SHA256 of the user id with the shared secret). The
+// fragment never reaches a server log; both values go with every request.
+const identity = (() => {
+  const p = new URLSearchParams(location.hash.slice(1));
+  const id = p.get("user_id"), hash = p.get("user_hash");
+  return id && hash ? { id, hash } : null;
+})();
+const identityQuery = () => identity ? `&user_id=${encodeURIComponent(identity.id)}&user_hash=${encodeURIComponent(identity.hash)}` : "";
+
 // ---------- helpers ----------
 class ApiError extends Error {
   constructor(status, code, message) { super(message || code); this.status = status; this.code = code; }
@@ -40,6 +50,7 @@ async function api(method, path, body, signal) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (conv?.token) headers.Authorization = `Bearer ${conv.token}`;
+  if (identity) { headers["X-Parley-User-Id"] = identity.id; headers["X-Parley-User-Hash"] = identity.hash; }
   let res, data = null;
   try {
     res = await fetch(path, { method, headers, signal, cache: "no-store", credentials: "same-origin",
@@ -209,7 +220,7 @@ function tryWebSocket(gen) {
   if (!recv.poll) setStatus(recv.wsFailures ? "reconnecting" : "connecting");
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   let ws;
-  try { ws = new WebSocket(`${proto}//${location.host}${base()}/ws?after=${cursor}`); }
+  try { ws = new WebSocket(`${proto}//${location.host}${base()}/ws?after=${cursor}${identityQuery()}`); }
   catch { recv.wsFailures++; startPolling(gen); return scheduleWsRetry(gen, backoff(recv.wsFailures, 30000)); }
   recv.trying = ws;
   let openedAt = 0, moved = false;
@@ -398,6 +409,7 @@ ui.startForm.addEventListener("submit", async (e) => {
   ui.startButton.disabled = true;
   const body = {};
   for (const k of ["name", "email", "topic"]) { const v = $(k).value.trim(); if (v) body[k] = v; }
+  if (identity) { body.user_id = identity.id; body.user_hash = identity.hash; }
   for (let attempt = 1; ; attempt++) {
     try {
       const r = await api("POST", "/v1/conversations", body);

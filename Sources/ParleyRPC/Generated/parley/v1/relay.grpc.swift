@@ -117,6 +117,19 @@ package enum Parley_V1_Relay: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "Transfer" metadata.
+        package enum Transfer: Sendable {
+            /// Request type for "Transfer".
+            package typealias Input = Parley_V1_TransferRequest
+            /// Response type for "Transfer".
+            package typealias Output = Parley_V1_TransferResponse
+            /// Descriptor for "Transfer".
+            package static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "parley.v1.Relay"),
+                method: "Transfer",
+                type: .unary
+            )
+        }
         /// Namespace for "Typing" metadata.
         package enum Typing: Sendable {
             /// Request type for "Typing".
@@ -139,6 +152,7 @@ package enum Parley_V1_Relay: Sendable {
             History.descriptor,
             Claim.descriptor,
             Close.descriptor,
+            Transfer.descriptor,
             Typing.descriptor
         ]
     }
@@ -282,7 +296,7 @@ extension Parley_V1_Relay {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Closes a conversation.
+        /// > Closes a conversation: the visitor, the assigned agent, or a supervisor or admin.
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Parley_V1_CloseRequest` messages.
@@ -295,6 +309,24 @@ extension Parley_V1_Relay {
             request: GRPCCore.StreamingServerRequest<Parley_V1_CloseRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_CloseResponse>
+
+        /// Handle the "Transfer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Moves an open conversation to another agent; only supervisors and admins may.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Parley_V1_TransferRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Parley_V1_TransferResponse` messages.
+        func transfer(
+            request: GRPCCore.StreamingServerRequest<Parley_V1_TransferRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_TransferResponse>
 
         /// Handle the "Typing" method.
         ///
@@ -440,7 +472,7 @@ extension Parley_V1_Relay {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Closes a conversation.
+        /// > Closes a conversation: the visitor, the assigned agent, or a supervisor or admin.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Parley_V1_CloseRequest` message.
@@ -453,6 +485,24 @@ extension Parley_V1_Relay {
             request: GRPCCore.ServerRequest<Parley_V1_CloseRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Parley_V1_CloseResponse>
+
+        /// Handle the "Transfer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Moves an open conversation to another agent; only supervisors and admins may.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Parley_V1_TransferRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Parley_V1_TransferResponse` message.
+        func transfer(
+            request: GRPCCore.ServerRequest<Parley_V1_TransferRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Parley_V1_TransferResponse>
 
         /// Handle the "Typing" method.
         ///
@@ -596,7 +646,7 @@ extension Parley_V1_Relay {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Closes a conversation.
+        /// > Closes a conversation: the visitor, the assigned agent, or a supervisor or admin.
         ///
         /// - Parameters:
         ///   - request: A `Parley_V1_CloseRequest` message.
@@ -609,6 +659,24 @@ extension Parley_V1_Relay {
             request: Parley_V1_CloseRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Parley_V1_CloseResponse
+
+        /// Handle the "Transfer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Moves an open conversation to another agent; only supervisors and admins may.
+        ///
+        /// - Parameters:
+        ///   - request: A `Parley_V1_TransferRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Parley_V1_TransferResponse` to respond with.
+        func transfer(
+            request: Parley_V1_TransferRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Parley_V1_TransferResponse
 
         /// Handle the "Typing" method.
         ///
@@ -713,6 +781,17 @@ extension Parley_V1_Relay.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Parley_V1_Relay.Method.Transfer.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_TransferRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_TransferResponse>(),
+            handler: { request, context in
+                try await self.transfer(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Parley_V1_Relay.Method.Typing.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_TypingRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_TypingResponse>(),
@@ -800,6 +879,17 @@ extension Parley_V1_Relay.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_CloseResponse> {
         let response = try await self.close(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    package func transfer(
+        request: GRPCCore.StreamingServerRequest<Parley_V1_TransferRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_TransferResponse> {
+        let response = try await self.transfer(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -905,6 +995,19 @@ extension Parley_V1_Relay.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Parley_V1_CloseResponse> {
         return GRPCCore.ServerResponse<Parley_V1_CloseResponse>(
             message: try await self.close(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    package func transfer(
+        request: GRPCCore.ServerRequest<Parley_V1_TransferRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Parley_V1_TransferResponse> {
+        return GRPCCore.ServerResponse<Parley_V1_TransferResponse>(
+            message: try await self.transfer(
                 request: request.message,
                 context: context
             ),
@@ -1081,7 +1184,7 @@ extension Parley_V1_Relay {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Closes a conversation.
+        /// > Closes a conversation: the visitor, the assigned agent, or a supervisor or admin.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Parley_V1_CloseRequest` message.
@@ -1098,6 +1201,29 @@ extension Parley_V1_Relay {
             deserializer: some GRPCCore.MessageDeserializer<Parley_V1_CloseResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_CloseResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "Transfer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Moves an open conversation to another agent; only supervisors and admins may.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Parley_V1_TransferRequest` message.
+        ///   - serializer: A serializer for `Parley_V1_TransferRequest` messages.
+        ///   - deserializer: A deserializer for `Parley_V1_TransferResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func transfer<Result>(
+            request: GRPCCore.ClientRequest<Parley_V1_TransferRequest>,
+            serializer: some GRPCCore.MessageSerializer<Parley_V1_TransferRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Parley_V1_TransferResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_TransferResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "Typing" method.
@@ -1353,7 +1479,7 @@ extension Parley_V1_Relay {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Closes a conversation.
+        /// > Closes a conversation: the visitor, the assigned agent, or a supervisor or admin.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Parley_V1_CloseRequest` message.
@@ -1376,6 +1502,40 @@ extension Parley_V1_Relay {
             try await self.client.unary(
                 request: request,
                 descriptor: Parley_V1_Relay.Method.Close.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "Transfer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Moves an open conversation to another agent; only supervisors and admins may.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Parley_V1_TransferRequest` message.
+        ///   - serializer: A serializer for `Parley_V1_TransferRequest` messages.
+        ///   - deserializer: A deserializer for `Parley_V1_TransferResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        package func transfer<Result>(
+            request: GRPCCore.ClientRequest<Parley_V1_TransferRequest>,
+            serializer: some GRPCCore.MessageSerializer<Parley_V1_TransferRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Parley_V1_TransferResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_TransferResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Parley_V1_Relay.Method.Transfer.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -1601,7 +1761,7 @@ extension Parley_V1_Relay.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Closes a conversation.
+    /// > Closes a conversation: the visitor, the assigned agent, or a supervisor or admin.
     ///
     /// - Parameters:
     ///   - request: A request containing a single `Parley_V1_CloseRequest` message.
@@ -1621,6 +1781,35 @@ extension Parley_V1_Relay.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_CloseRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_CloseResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Transfer" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Moves an open conversation to another agent; only supervisors and admins may.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Parley_V1_TransferRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    package func transfer<Result>(
+        request: GRPCCore.ClientRequest<Parley_V1_TransferRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_TransferResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.transfer(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_TransferRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_TransferResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -1862,7 +2051,7 @@ extension Parley_V1_Relay.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Closes a conversation.
+    /// > Closes a conversation: the visitor, the assigned agent, or a supervisor or admin.
     ///
     /// - Parameters:
     ///   - message: request message to send.
@@ -1885,6 +2074,39 @@ extension Parley_V1_Relay.ClientProtocol {
             metadata: metadata
         )
         return try await self.close(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Transfer" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Moves an open conversation to another agent; only supervisors and admins may.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    package func transfer<Result>(
+        _ message: Parley_V1_TransferRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_TransferResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Parley_V1_TransferRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.transfer(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -159,6 +159,10 @@ package nonisolated struct Parley_V1_StartConversationRequest: Sendable {
   /// write to it; the relay generates one when empty.
   package var conversationID: String = String()
 
+  /// The customer's own user id, when the visitor gateway verified it (identity verification);
+  /// empty for anonymous visitors.
+  package var visitorUserID: String = String()
+
   package var unknownFields = SwiftProtobuf.UnknownStorage()
 
   package init() {}
@@ -318,6 +322,36 @@ package nonisolated struct Parley_V1_CloseRequest: Sendable {
 
   /// Empty when the visitor closes.
   package var agentID: String = String()
+
+  package var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  package init() {}
+}
+
+package nonisolated struct Parley_V1_TransferRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  package var conversationID: String = String()
+
+  /// The supervisor or admin who moves the conversation (the relay checks the role).
+  package var byAgentID: String = String()
+
+  /// The agent it moves to.
+  package var toAgentID: String = String()
+
+  package var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  package init() {}
+}
+
+package nonisolated struct Parley_V1_TransferResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  package var seq: Int64 = 0
 
   package var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -579,7 +613,7 @@ nonisolated extension Parley_V1_RegisterNodeResponse: SwiftProtobuf.Message, Swi
 
 nonisolated extension Parley_V1_StartConversationRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   package static let protoMessageName: String = _protobuf_package + ".StartConversationRequest"
-  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}visitor_name\0\u{3}visitor_email\0\u{1}topic\0\u{3}conversation_id\0")
+  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}visitor_name\0\u{3}visitor_email\0\u{1}topic\0\u{3}conversation_id\0\u{3}visitor_user_id\0")
 
   package mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -592,6 +626,7 @@ nonisolated extension Parley_V1_StartConversationRequest: SwiftProtobuf.Message,
       case 3: try { try decoder.decodeSingularStringField(value: &self.visitorEmail) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.topic) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.conversationID) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.visitorUserID) }()
       default: break
       }
     }
@@ -613,6 +648,9 @@ nonisolated extension Parley_V1_StartConversationRequest: SwiftProtobuf.Message,
     if !self.conversationID.isEmpty {
       try visitor.visitSingularStringField(value: self.conversationID, fieldNumber: 5)
     }
+    if !self.visitorUserID.isEmpty {
+      try visitor.visitSingularStringField(value: self.visitorUserID, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -622,6 +660,7 @@ nonisolated extension Parley_V1_StartConversationRequest: SwiftProtobuf.Message,
     if lhs.visitorEmail != rhs.visitorEmail {return false}
     if lhs.topic != rhs.topic {return false}
     if lhs.conversationID != rhs.conversationID {return false}
+    if lhs.visitorUserID != rhs.visitorUserID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -992,6 +1031,76 @@ nonisolated extension Parley_V1_CloseRequest: SwiftProtobuf.Message, SwiftProtob
   package static func ==(lhs: Parley_V1_CloseRequest, rhs: Parley_V1_CloseRequest) -> Bool {
     if lhs.conversationID != rhs.conversationID {return false}
     if lhs.agentID != rhs.agentID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Parley_V1_TransferRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  package static let protoMessageName: String = _protobuf_package + ".TransferRequest"
+  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}conversation_id\0\u{3}by_agent_id\0\u{3}to_agent_id\0")
+
+  package mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.conversationID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.byAgentID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.toAgentID) }()
+      default: break
+      }
+    }
+  }
+
+  package func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.conversationID.isEmpty {
+      try visitor.visitSingularStringField(value: self.conversationID, fieldNumber: 1)
+    }
+    if !self.byAgentID.isEmpty {
+      try visitor.visitSingularStringField(value: self.byAgentID, fieldNumber: 2)
+    }
+    if !self.toAgentID.isEmpty {
+      try visitor.visitSingularStringField(value: self.toAgentID, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  package static func ==(lhs: Parley_V1_TransferRequest, rhs: Parley_V1_TransferRequest) -> Bool {
+    if lhs.conversationID != rhs.conversationID {return false}
+    if lhs.byAgentID != rhs.byAgentID {return false}
+    if lhs.toAgentID != rhs.toAgentID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Parley_V1_TransferResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  package static let protoMessageName: String = _protobuf_package + ".TransferResponse"
+  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}seq\0")
+
+  package mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt64Field(value: &self.seq) }()
+      default: break
+      }
+    }
+  }
+
+  package func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.seq != 0 {
+      try visitor.visitSingularInt64Field(value: self.seq, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  package static func ==(lhs: Parley_V1_TransferResponse, rhs: Parley_V1_TransferResponse) -> Bool {
+    if lhs.seq != rhs.seq {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
