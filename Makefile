@@ -16,8 +16,9 @@ protos:
 check-protos:
 	./deploy/scripts/generate-protos.sh --check
 
+# QUICK=1 for a short run (about two minutes of load).
 bench:
-	./Tests/bench/run-bench.sh
+	QUICK=$(QUICK) ./Tests/bench/run-bench.sh
 
 chaos:
 	./Tests/chaos/run-chaos.sh

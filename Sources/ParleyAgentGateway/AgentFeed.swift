@@ -8,8 +8,9 @@ import ServiceLifecycle
 import Synchronization
 
 /// Everything that happens in the cluster, for connected agents: LISTENs to the relay's
-/// NOTIFY channel, reads the new events from PostgreSQL, and fans them out to every agent
-/// WebSocket of this gateway.
+/// NOTIFY channel and fans the events out to every agent WebSocket of this gateway. Messages
+/// arrive inside the notification; only large ones and system events are read back. Changed
+/// conversations' summaries are refreshed in one query per tick, not one per event.
 ///
 /// After (re)connecting the LISTEN it sends `resync`, since notifications sent while it was
 /// away are not replayed: consoles then reload from their cursors.
@@ -17,7 +18,11 @@ final class AgentFeed: Service, Sendable {
     private struct State {
         var nextID: UInt64 = 0
         var subscribers: [UInt64: AsyncStream<String>.Continuation] = [:]
+        var changed: Set<UUID> = []
     }
+
+    /// How often changed conversations' summaries are sent.
+    static let summaryInterval = Duration.milliseconds(100)
 
     private let state = Mutex(State())
     private let client: PostgresClient
@@ -52,6 +57,40 @@ final class AgentFeed: Service, Sendable {
     }
 
     func run() async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await self.sendSummaries() }
+            group.addTask { try await self.listen() }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// Sends the summaries of conversations that changed since the last tick, in one query.
+    private func sendSummaries() async {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            try? await Task.sleep(for: Self.summaryInterval)
+            let ids = state.withLock { state -> [UUID] in
+                defer { state.changed.removeAll(keepingCapacity: true) }
+                return Array(state.changed)
+            }
+            guard !ids.isEmpty else { continue }
+            do {
+                for summary in try await queries.summaries(ids: ids) {
+                    let json = String(decoding: try JSONBody.encoder.encode(summary), as: UTF8.self)
+                    broadcast(#"{"type":"conversation","conversation":\#(json)}"#)
+                }
+            } catch {
+                // The next change of each conversation sends it again; a console also reloads on resync.
+                logger.warning("could not read conversation summaries", metadata: ["parley.error": "\(describeDatabaseError(error))"])
+            }
+        }
+    }
+
+    private func changed(_ id: UUID) {
+        state.withLock { _ = $0.changed.insert(id) }
+    }
+
+    private func listen() async throws {
         var backoff = Duration.milliseconds(200)
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let attempt = ContinuousClock.now
@@ -81,12 +120,20 @@ final class AgentFeed: Service, Sendable {
 
     private func handle(_ payload: String) async {
         for line in payload.split(separator: "\n") {
+            if line.hasPrefix("E ") {
+                // A message, inline: relayed as it is.
+                let parts = line.split(separator: " ", maxSplits: 2)
+                guard parts.count == 3, let id = UUID(uuidString: String(parts[1])) else { continue }
+                broadcast(#"{"type":"event","conversation_id":"\#(id.uuidString.lowercased())","event":\#(parts[2])}"#)
+                changed(id)
+                continue
+            }
             let parts = line.split(separator: " ")
             guard parts.count >= 2, let id = UUID(uuidString: String(parts[1])) else { continue }
             do {
                 switch parts[0] {
                 case "c":
-                    try await sendSummary(id)
+                    changed(id)
                 case "t" where parts.count == 3:
                     broadcast(#"{"type":"typing","conversation_id":"\#(id.uuidString.lowercased())","sender":"visitor"}"#)
                 case "e" where parts.count == 4:
@@ -98,7 +145,7 @@ final class AgentFeed: Service, Sendable {
                         broadcast(#"{"type":"event","conversation_id":"\#(id.uuidString.lowercased())","event":\#(json)}"#)
                         changed = true
                     }
-                    if changed { try await sendSummary(id) }
+                    if changed { self.changed(id) }
                 default:
                     continue
                 }
@@ -106,11 +153,5 @@ final class AgentFeed: Service, Sendable {
                 logger.warning("could not read a notified change", metadata: ["parley.conversation.id": "\(id)", "parley.error": "\(describeDatabaseError(error))"])
             }
         }
-    }
-
-    private func sendSummary(_ id: UUID) async throws {
-        guard let summary = try await queries.summary(id: id) else { return }
-        let json = String(decoding: try JSONBody.encoder.encode(summary), as: UTF8.self)
-        broadcast(#"{"type":"conversation","conversation":\#(json)}"#)
     }
 }

@@ -50,14 +50,19 @@ public struct ConversationQueries: Sendable {
 
     /// Conversations with a status, oldest first, so that the longest-waiting visitor is served first.
     public func list(status: String, limit: Int = 200) async throws -> [ConversationSummary] {
-        try await select(status: status, id: nil, limit: limit)
+        try await select(status: status, limit: limit)
     }
 
     public func summary(id: UUID) async throws -> ConversationSummary? {
-        try await select(status: nil, id: id, limit: 1).first
+        try await select(status: nil, ids: [id], limit: 1).first
     }
 
-    private func select(status: String?, id: UUID?, limit: Int) async throws -> [ConversationSummary] {
+    /// Several conversations in one query (the agents' feed refreshes them in batches).
+    public func summaries(ids: [UUID]) async throws -> [ConversationSummary] {
+        ids.isEmpty ? [] : try await select(status: nil, ids: ids, limit: ids.count)
+    }
+
+    private func select(status: String?, ids: [UUID]? = nil, limit: Int) async throws -> [ConversationSummary] {
         let rows = try await client.query(
             """
             SELECT c.id, c.status, c.visitor_name, c.visitor_email, c.topic, c.assigned_agent, a.name, c.last_seq,
@@ -66,7 +71,7 @@ public struct ConversationQueries: Sendable {
                    c.last_message_text, c.last_message_sender, (extract(epoch FROM c.last_message_at) * 1000)::int8,
                    c.visitor_user_id
             FROM conversations c LEFT JOIN agents a ON a.id = c.assigned_agent
-            WHERE (\(status ?? "") = '' OR c.status = \(status ?? "")) AND (\(id == nil) OR c.id = \(id ?? UUID()))
+            WHERE (\(status ?? "") = '' OR c.status = \(status ?? "")) AND (\(ids == nil) OR c.id = ANY(\(ids ?? [])))
             ORDER BY c.created_at ASC, c.id
             LIMIT \(limit)
             """, logger: logger)

@@ -189,10 +189,10 @@ public struct EventStore: Sendable {
             var last: [UUID: Int] = [:]
             for index in rows.conv.indices { last[rows.conv[index]] = index }
             let summary = last.values.sorted()
-            let notices = summary.map { index in
+            let notices = Self.notices(items: items, outcomes: outcomes, summary: summary.map { index in
                 let id = rows.conv[index]
-                return "e \(id.uuidString.lowercased()) \(conversations[id]!.firstNewSeq) \(rows.seq[index])"
-            }
+                return (id, conversations[id]!.firstNewSeq, rows.seq[index])
+            })
             // Data-modifying CTEs run to completion whether or not the main query reads them.
             try await tx.query(
                 """
@@ -239,6 +239,33 @@ public struct EventStore: Sendable {
         if !chunk.isEmpty { chunks.append(chunk) }
         return chunks
     }
+
+    /// Events small enough travel inside the notification (`E <conversation> <event JSON>`), so
+    /// that agent gateways fan them out without reading them back; a conversation with a large
+    /// one gets a range (`e <conversation> <from> <to>`) to read instead.
+    static func notices(items: [AppendItem], outcomes: [AppendOutcome], summary: [(UUID, Int64, Int64)]) -> [String] {
+        var inline: [UUID: [String]] = [:]
+        var tooLarge: Set<UUID> = []
+        for (item, outcome) in zip(items, outcomes) {
+            guard case .stored(let event, _) = outcome, !tooLarge.contains(item.conversationID) else { continue }
+            guard let json = try? noticeEncoder.encode(event), json.count <= inlineEventMaxBytes else {
+                tooLarge.insert(item.conversationID)
+                continue
+            }
+            inline[item.conversationID, default: []].append("E \(item.conversationID.uuidString.lowercased()) \(String(decoding: json, as: UTF8.self))")
+        }
+        return summary.flatMap { id, from, to in
+            tooLarge.contains(id) ? ["e \(id.uuidString.lowercased()) \(from) \(to)"] : inline[id] ?? []
+        }
+    }
+
+    /// Under the 8000-byte NOTIFY limit with room for the line's prefix.
+    static let inlineEventMaxBytes = 6000
+    static let noticeEncoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        return encoder
+    }()
 
     static func notify(_ lines: [String], on connection: PostgresConnection, logger: Logger) async throws {
         try await connection.query("SELECT pg_notify(\(notifyChannel), chunk) FROM unnest(\(chunks(lines))) AS chunk", logger: logger)

@@ -226,6 +226,24 @@ struct StoreTests {
 }
 
 @Suite struct NotifyChunkTests {
+    @Test func messagesTravelInsideNotificationsUnlessTooLarge() throws {
+        let small = UUID(), large = UUID()
+        func stored(_ id: UUID, _ seq: Int64, _ text: String) -> (AppendItem, AppendOutcome) {
+            (AppendItem(conversationID: id, sender: .visitor, clientMsgID: "m\(seq)", text: text),
+             .stored(ConversationEvent(seq: seq, type: "message", sender: .visitor, text: text, clientMsgID: "m\(seq)", createdAtMillis: 1), pinnedNode: nil))
+        }
+        let rows = [stored(small, 4, "hi \"there\"\nline two"), stored(large, 7, String(repeating: "é", count: 4000)), stored(small, 5, "again")]
+        let lines = EventStore.notices(items: rows.map(\.0), outcomes: rows.map(\.1), summary: [(small, 4, 5), (large, 7, 7)])
+        #expect(lines.count == 3)
+        #expect(lines[2] == "e \(large.uuidString.lowercased()) 7 7")
+        // One line each (a newline in the text stays escaped), the event exactly as clients get it.
+        for (line, seq) in zip(lines.prefix(2), [4, 5]) {
+            #expect(line.hasPrefix("E \(small.uuidString.lowercased()) {") && !line.contains("\n"))
+            let json = Data(line.split(separator: " ", maxSplits: 2)[2].utf8)
+            #expect(try JSONDecoder().decode(ConversationEvent.self, from: json).seq == Int64(seq))
+        }
+    }
+
     @Test func chunksStayUnderPostgresLimitAndKeepEveryLine() {
         let lines = (0..<600).map { "e \(UUID().uuidString.lowercased()) \($0) \($0 + 1)" }
         let chunks = EventStore.chunks(lines)

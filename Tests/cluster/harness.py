@@ -125,7 +125,7 @@ class Node:
 class Cluster:
     """relay + visitor gateways + agent gateways + HAProxy on one fresh database."""
 
-    def __init__(self, bin_dir, admin_url, visitor_gateways=2, agent_gateways=2):
+    def __init__(self, bin_dir, admin_url, visitor_gateways=2, agent_gateways=2, visitor_gateway_args=(), log_level="info"):
         self.bin = bin_dir
         self.log_dir = tempfile.mkdtemp(prefix="parley-cluster-")
         self.db_name = "parley_" + uuid.uuid4().hex[:10]
@@ -134,7 +134,8 @@ class Cluster:
         self.env = dict(os.environ)
         self.env["PARLEY_DATABASE_URL"] = self.database_url
         self.env["PARLEY_VISITOR_TOKEN_KEYS"] = "k1:" + __import__("base64").b64encode(secrets.token_bytes(32)).decode()
-        self.env["PARLEY_LOG_LEVEL"] = "info"
+        self.env["PARLEY_LOG_LEVEL"] = log_level
+        self.visitor_gateway_args = list(visitor_gateway_args)
         self.ctl("db", "migrate")
         # The services connect with logins of their own, holding only their role's grants.
         self.relay_env = self.service_env("relay")
@@ -162,7 +163,8 @@ class Cluster:
     # --- processes -----------------------------------------------------------------------
     def add_visitor_gateway(self, name, start=True, extra_args=()):
         http, internal, ops = free_port(), free_port(), free_port()
-        node = Node(name, [f"{self.bin}/parley-visitor-gateway", "--node-id", name, "--trusted-proxies", "127.0.0.1", *extra_args,
+        node = Node(name, [f"{self.bin}/parley-visitor-gateway", "--node-id", name, "--trusted-proxies", "127.0.0.1",
+                           *self.visitor_gateway_args, *extra_args,
                            "--http-listen", f"127.0.0.1:{http}", "--internal-listen", f"127.0.0.1:{internal}",
                            "--ops-listen", f"127.0.0.1:{ops}", "--relay-address", f"127.0.0.1:{self.relay_port}",
                            *node_tls(self.bin, "visitor-gateway", name)],

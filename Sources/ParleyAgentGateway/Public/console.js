@@ -5,7 +5,9 @@ const ui = {
   loginButton: $("login-button"), loginError: $("login-error"), appView: $("app-view"), status: $("status"),
   agentName: $("agent-name"), logout: $("logout-button"), list: $("conversation-list"), listEmpty: $("list-empty"),
   noSelection: $("no-selection"), conversation: $("conversation"), title: $("conversation-title"),
-  meta: $("conversation-meta"), claim: $("claim-button"), close: $("close-button"), error: $("conversation-error"),
+  meta: $("conversation-meta"), verified: $("conversation-verified"), claim: $("claim-button"), close: $("close-button"),
+  transferForm: $("transfer-form"), transferAgent: $("transfer-agent"), transfer: $("transfer-button"),
+  exportLink: $("export-link"), error: $("conversation-error"),
   messages: $("messages"), composer: $("composer"), text: $("text"), send: $("send-button"), typing: $("typing"),
 };
 const STATUSES = ["queued", "open", "closed"];
@@ -13,6 +15,7 @@ const tabs = STATUSES.map((s) => $(`tab-${s}`));
 
 // ---------- state ----------
 let me = null;
+let agents = [];            // active agents, the targets of a transfer (loaded for supervisors and admins only)
 const convs = new Map();    // id -> summary (+ _at: time received, ms)
 const threads = new Map();  // id -> { id, events, cursor, highest, pending, container, loading, again, chain, draft }
 let tab = "queued";
@@ -31,6 +34,8 @@ const backoff = (n, cap = 10000) => Math.min(cap, 500 * 2 ** Math.min(n, 10)) * 
 const retryable = (e) => e.status === 0 || e.status === 429 || e.status >= 500;
 const convPath = (id) => `/v1/agent/conversations/${encodeURIComponent(id)}`;
 const isMine = (c) => !!(c?.assigned_agent && me && c.assigned_agent.id === me.id);
+const supervises = () => me?.role === "supervisor" || me?.role === "admin";
+const verifiedText = (c) => `Verified: ${c.visitor_user_id}`;
 
 function uuid() {
   if (crypto.randomUUID) return crypto.randomUUID();
@@ -110,7 +115,14 @@ function renderItem(c) {
   btn.type = "button";
   if (c.id === selectedId) { li.classList.add("selected"); btn.setAttribute("aria-current", "true"); }
   const row = node("span", "row");
-  row.append(node("span", "name", c.visitor_name || "Visitor"));
+  const who = node("span", "who");
+  who.append(node("span", "name", c.visitor_name || "Visitor"));
+  if (c.visitor_user_id) {
+    const v = node("span", "badge verified", verifiedText(c));
+    v.title = "Identity verified by your website";
+    who.append(v);
+  }
+  row.append(who);
   if (c.status === "queued") {
     const w = node("span", "waiting", formatWait(waitingOf(c)));
     w.dataset.id = c.id;
@@ -141,6 +153,18 @@ function upsert(c) {
   convs.set(c.id, { ...c, _at: Date.now() });
   renderList();
   if (c.id === selectedId) renderSelected();
+}
+async function loadAgents() {
+  if (!supervises()) return;
+  const who = me;
+  try {
+    const r = await api("GET", "/v1/agent/agents");
+    if (me !== who) return;
+    agents = r.agents || [];
+    renderSelected();
+  } catch (e) {
+    if (retryable(e) && me === who) setTimeout(() => me === who && loadAgents(), backoff(3));
+  }
 }
 async function reloadLists() {
   const gen = ++listsGen;
@@ -173,7 +197,7 @@ function thread(id) {
 function select(id) {
   if (selectedId && selectedId !== id) thread(selectedId).draft = ui.text.value;
   const th = thread(id);
-  if (selectedId !== id) ui.text.value = th.draft;
+  if (selectedId !== id) { ui.text.value = th.draft; ui.transferAgent.value = ""; }
   selectedId = id;
   ui.error.textContent = "";
   ui.messages.replaceChildren(th.container);
@@ -190,16 +214,39 @@ function renderSelected() {
   if (!c) return;
   const mine = isMine(c);
   ui.title.textContent = c.visitor_name || "Visitor";
+  ui.verified.textContent = c.visitor_user_id ? verifiedText(c) : "";
+  ui.verified.hidden = !c.visitor_user_id;
   const state = c.status === "queued" ? "Waiting in queue" : c.status === "closed" ? "Closed"
     : mine ? "Assigned to you" : `Assigned to ${c.assigned_agent?.name || "another agent"}`;
   ui.meta.textContent = [c.visitor_email, c.topic && `Topic: ${c.topic}`, state].filter(Boolean).join(" · ");
   const canWrite = mine && c.status !== "closed";
   ui.claim.hidden = c.status !== "queued";
   ui.close.hidden = c.status === "closed";
-  ui.close.disabled = !canWrite;
+  ui.close.disabled = c.status === "closed" || !(mine || supervises()); // supervisors close anyone's
+  renderTransfer(c);
+  ui.exportLink.hidden = !supervises();
+  ui.exportLink.href = `${convPath(c.id)}/export`;
+  ui.exportLink.download = `conversation-${c.id}.json`;
   ui.text.disabled = ui.send.disabled = !canWrite;
   ui.text.placeholder = canWrite ? "Type a reply… (Enter to send, Shift+Enter for a new line)"
     : c.status === "queued" ? "Claim this conversation to reply" : "You cannot reply to this conversation";
+}
+function renderTransfer(c) {
+  ui.transferForm.hidden = !supervises() || c.status === "closed";
+  if (ui.transferForm.hidden) return;
+  const choices = agents.filter((a) => a.id !== c.assigned_agent?.id);
+  const key = choices.map((a) => a.id).join(",");
+  if (ui.transferAgent.dataset.key === key) return; // keeps an open dropdown and its choice
+  const keep = ui.transferAgent.value;
+  const prompt = node("option", "", "Transfer to…");
+  prompt.value = "";
+  ui.transferAgent.replaceChildren(prompt, ...choices.map((a) => {
+    const o = node("option", "", `${a.name || "Agent"} (${a.email})`);
+    o.value = a.id;
+    return o;
+  }));
+  ui.transferAgent.value = choices.some((a) => a.id === keep) ? keep : "";
+  ui.transferAgent.dataset.key = key;
 }
 function renderEvent(th, ev) {
   const isMessage = ev.type === "message" && ev.sender !== "system";
@@ -384,6 +431,7 @@ function onLiveEvent(id, ev) {
 }
 function resync() {
   reloadLists();
+  loadAgents();
   if (selectedId) fetchMissing(thread(selectedId));
 }
 
@@ -395,6 +443,7 @@ function startApp(agent) {
   ui.agentName.textContent = agent.name || agent.email || "Agent";
   setTab("queued");
   reloadLists();
+  loadAgents();
   connectWs();
 }
 function showLogin(message) {
@@ -404,6 +453,7 @@ function showLogin(message) {
   for (const th of threads.values()) th.pending.clear();
   threads.clear();
   convs.clear();
+  agents = [];
   for (const t of visitorTyping.values()) clearTimeout(t);
   visitorTyping.clear();
   selectedId = null;
@@ -484,6 +534,29 @@ ui.close.addEventListener("click", async () => {
   } catch (e) {
     if (e.status !== 401) ui.error.textContent = `Could not close: ${e.message}`;
     renderSelected();
+  }
+});
+ui.transferForm.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const id = selectedId;
+  const agentId = ui.transferAgent.value;
+  if (!id || !agentId) return;
+  ui.transfer.disabled = true;
+  ui.error.textContent = "";
+  try {
+    await api("POST", `${convPath(id)}/transfer`, { agent_id: agentId });
+    const c = convs.get(id);
+    const to = agents.find((a) => a.id === agentId);
+    if (c && to && c.status !== "closed") { c.status = "open"; c.assigned_agent = { id: to.id, name: to.name }; }
+    ui.transferAgent.value = "";
+    renderList();
+    renderSelected();
+    fetchMissing(thread(id));
+  } catch (err) {
+    if (err.status === 409) { ui.error.textContent = "This conversation is already closed"; reloadLists(); }
+    else if (err.status !== 401) ui.error.textContent = `Could not transfer: ${err.message}`;
+  } finally {
+    ui.transfer.disabled = false;
   }
 });
 ui.composer.addEventListener("submit", (e) => { e.preventDefault(); send(); });
