@@ -41,7 +41,7 @@ public final class GroupCommitter: Service, Sendable {
     private let committed = Counter(label: "parley_relay_messages_committed_total")
 
     public init(
-        maxBatch: Int = 256, window: Duration = .microseconds(500), logger: Logger, commit: @escaping Commit,
+        maxBatch: Int = 256, window: Duration = .zero, logger: Logger, commit: @escaping Commit,
         committed: @escaping Committed = { _ in }
     ) {
         self.commit = commit

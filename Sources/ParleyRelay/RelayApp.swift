@@ -32,7 +32,7 @@ public struct RelayConfiguration: Sendable {
         internalSecurity = try InternalSecurity(
             ca: settings.optionalString("tls.ca"), certificate: settings.optionalString("tls.cert"), key: settings.optionalString("tls.key"),
             plaintext: settings.string("internal.plaintext", default: "false") == "true")
-        commitWindow = .microseconds(try settings.int("commit.window.us", default: 500))
+        commitWindow = .microseconds(try settings.int("commit.window.us", default: 0))
         maxBatch = try settings.int("commit.max.batch", default: 256)
         logLevel = settings.optionalString("log.level")
     }
