@@ -123,6 +123,19 @@ package struct RelayLink: Sendable {
         return try await call { try await $0.claim(request, options: Self.options) }.seq
     }
 
+    /// Which of these conversations (at most 1000) have events after the given cursors.
+    package func stale(node: String, cursors: [(UUID, Int64)]) async throws -> [UUID] {
+        var request = Parley_V1_CheckConversationsRequest()
+        request.nodeID = node
+        request.conversations = cursors.map { id, seq in
+            var cursor = Parley_V1_ConversationCursor()
+            cursor.conversationID = id.uuidString.lowercased()
+            cursor.lastSeq = seq
+            return cursor
+        }
+        return try await call { try await $0.checkConversations(request, options: Self.options) }.staleConversationIds.compactMap(UUID.init(uuidString:))
+    }
+
     /// Moves a conversation to another agent on a supervisor's or admin's behalf; returns the event's seq.
     package func transfer(conversation: UUID, by supervisor: UUID, to agent: UUID) async throws -> Int64 {
         var request = Parley_V1_TransferRequest()

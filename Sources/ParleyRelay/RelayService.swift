@@ -157,6 +157,23 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
         }
     }
 
+    func checkConversations(
+        request: Parley_V1_CheckConversationsRequest, context: ServerContext
+    ) async throws -> Parley_V1_CheckConversationsResponse {
+        try await RPCErrors.serving {
+            try ownNode(context, request.nodeID)
+            guard request.conversations.count <= Self.maxChecked else {
+                throw ParleyError(.invalidRequest, "at most \(Self.maxChecked) conversations per call")
+            }
+            let cursors = try request.conversations.map { (try parseUUID($0.conversationID, "conversation_id"), $0.lastSeq) }
+            var response = Parley_V1_CheckConversationsResponse()
+            response.staleConversationIds = try await events.stale(cursors).map { $0.uuidString.lowercased() }
+            return response
+        }
+    }
+
+    static let maxChecked = 1000
+
     func typing(request: Parley_V1_TypingRequest, context: ServerContext) async throws -> Parley_V1_TypingResponse {
         try await RPCErrors.serving {
             let conversation = try parseUUID(request.conversationID, "conversation_id")

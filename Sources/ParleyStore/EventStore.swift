@@ -396,6 +396,19 @@ public struct EventStore: Sendable {
         return ConversationEvent(seq: seq, type: type, sender: sender, text: text, clientMsgID: nil, createdAtMillis: created, agent: agent)
     }
 
+    /// Of the given conversations and cursors, those with newer events (at most 1000 asked).
+    public func stale(_ cursors: [(UUID, Int64)]) async throws -> [UUID] {
+        guard !cursors.isEmpty else { return [] }
+        let rows = try await client.query(
+            """
+            SELECT c.id FROM conversations c JOIN unnest(\(cursors.map(\.0)), \(cursors.map(\.1))) AS u(id, seq) ON c.id = u.id
+            WHERE c.last_seq > u.seq
+            """, logger: logger)
+        var stale: [UUID] = []
+        for try await id in rows.decode(UUID.self) { stale.append(id) }
+        return stale
+    }
+
     /// Where an agent's typing signal goes: the pinned node and the agent's name, if the agent
     /// is the one assigned to the open conversation.
     public func typingTarget(conversationID: UUID, agentID: UUID) async throws -> (node: String, agentName: String)? {

@@ -118,11 +118,27 @@ package final class ConversationHub: Service, Sendable {
         }
     }
 
-    /// Refreshes every conversation held, a few at a time.
+    /// Refreshes every conversation held that missed events: one check per thousand asks the
+    /// relay which ones, and only those are read. Reading each one back would send a gateway of
+    /// 20,000 visitors into 20,000 calls at the moment the relay is recovering.
     package func refreshAll() async {
         let all = logs.withLock { Array($0) }
+        var stale: [(UUID, ConversationLog)] = []
+        var index = all.startIndex
+        while index < all.endIndex {
+            let chunk = all[index..<min(index + 1000, all.endIndex)]
+            index = chunk.endIndex
+            do {
+                let ids = Set(try await relay.stale(node: nodeID, cursors: chunk.map { ($0.key, $0.value.lastSeq) }))
+                stale += chunk.filter { ids.contains($0.key) }.map { ($0.key, $0.value) }
+            } catch {
+                // The relay is still unwell: read these back one by one, as before.
+                logger.warning("could not check conversations with the relay", metadata: ["parley.error": "\(error)"])
+                stale += chunk.map { ($0.key, $0.value) }
+            }
+        }
         await withTaskGroup(of: Void.self) { group in
-            for (index, (id, log)) in all.enumerated() {
+            for (index, (id, log)) in stale.enumerated() {
                 if index >= 16 { await group.next() }
                 group.addTask { await self.fill(id, log) }
             }

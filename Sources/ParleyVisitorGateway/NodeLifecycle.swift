@@ -33,6 +33,10 @@ struct NodeLifecycle: Service {
     }
 
     private func heartbeat(_ link: RelayLink) async {
+        // A refresh runs beside the heartbeats, never blocking them, and one at a time: a relay
+        // that stops hearing a node's heartbeats stops delivering to it.
+        var refreshing: Task<Void, Never>?
+        defer { refreshing?.cancel() }
         var registered = false
         var relayInstance = ""
         var lastBeatFailed = false
@@ -52,9 +56,18 @@ struct NodeLifecycle: Service {
                 if (lastBeatFailed || response.relayInstance != relayInstance) && !relayInstance.isEmpty {
                     // Deliveries may have been lost with the relay or the link: catch up on everything held.
                     logger.info("relay restarted or was unreachable; refreshing conversations in memory")
-                    await hub.refreshAll()
-                } else {
-                    await hub.refresh(response.resyncConversationIds.compactMap(UUID.init(uuidString:)))
+                    let previous = refreshing
+                    refreshing = Task {
+                        await previous?.value
+                        await hub.refreshAll()
+                    }
+                } else if !response.resyncConversationIds.isEmpty {
+                    let previous = refreshing
+                    let ids = response.resyncConversationIds.compactMap(UUID.init(uuidString:))
+                    refreshing = Task {
+                        await previous?.value
+                        await hub.refresh(ids)
+                    }
                 }
                 relayInstance = response.relayInstance
                 lastBeatFailed = false

@@ -161,6 +161,17 @@ struct StoreTests {
         }
     }
 
+    @Test func staleNamesOnlyConversationsWithNewerEvents() async throws {
+        try await withDatabase { client, logger in
+            let store = EventStore(client: client, logger: logger)
+            let (a, _) = try await store.startConversation(pinnedNode: "vg-t", visitorName: "", visitorEmail: "", topic: "")
+            let (b, _) = try await store.startConversation(pinnedNode: "vg-t", visitorName: "", visitorEmail: "", topic: "")
+            _ = try await store.append([AppendItem(conversationID: a, sender: .visitor, clientMsgID: "s1", text: "hi")])
+            #expect(try await store.stale([(a, 0), (b, 0), (UUID(), 0)]) == [a])
+            #expect(try await store.stale([(a, 1), (b, 0)]).isEmpty)
+        }
+    }
+
     @Test func tailReadsMoveAFarCursorUpAndRepinReportsThePreviousNode() async throws {
         try await withDatabase { client, logger in
             let store = EventStore(client: client, logger: logger)

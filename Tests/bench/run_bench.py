@@ -361,6 +361,12 @@ def main():
     def want(name):
         return not only or name in only
 
+    out = args.out or os.path.join(tempfile.mkdtemp(prefix="parley-bench-"), "report.json")
+
+    def save():
+        with open(out, "w") as f:
+            json.dump(report, f, indent=2, sort_keys=True)
+
     def step(name, fn):
         started = time.time()
         print(f"== {name}", file=sys.stderr, flush=True)
@@ -368,7 +374,8 @@ def main():
             scenarios[name] = fn()
         except Exception as error:  # a failed scenario is reported, the others still run
             scenarios[name] = {"error": str(error)}
-        scenarios[name]["wall_seconds"] = round(time.time() - started, 1) if isinstance(scenarios[name], dict) else None
+        scenarios[name]["wall_seconds"] = round(time.time() - started, 1)
+        save()  # a long run keeps what it measured even if stopped
 
     chat_seconds, chat_warmup = (8, 2) if args.quick else (30, 5)
     if want("limit"):
@@ -390,9 +397,7 @@ def main():
         step("failover", bench.failover)
 
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    out = args.out or os.path.join(tempfile.mkdtemp(prefix="parley-bench-"), "report.json")
-    with open(out, "w") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
+    save()
     try:
         print(summary_table(report))
     except (KeyError, TypeError, ValueError) as error:

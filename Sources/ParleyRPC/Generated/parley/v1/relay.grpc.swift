@@ -130,6 +130,19 @@ package enum Parley_V1_Relay: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "CheckConversations" metadata.
+        package enum CheckConversations: Sendable {
+            /// Request type for "CheckConversations".
+            package typealias Input = Parley_V1_CheckConversationsRequest
+            /// Response type for "CheckConversations".
+            package typealias Output = Parley_V1_CheckConversationsResponse
+            /// Descriptor for "CheckConversations".
+            package static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "parley.v1.Relay"),
+                method: "CheckConversations",
+                type: .unary
+            )
+        }
         /// Namespace for "Typing" metadata.
         package enum Typing: Sendable {
             /// Request type for "Typing".
@@ -153,6 +166,7 @@ package enum Parley_V1_Relay: Sendable {
             Claim.descriptor,
             Close.descriptor,
             Transfer.descriptor,
+            CheckConversations.descriptor,
             Typing.descriptor
         ]
     }
@@ -327,6 +341,25 @@ extension Parley_V1_Relay {
             request: GRPCCore.StreamingServerRequest<Parley_V1_TransferRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_TransferResponse>
+
+        /// Handle the "CheckConversations" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Which of a node's conversations have events it has not seen: after an outage a node asks
+        /// > this for everything it holds, in one call per thousand, instead of reading each one.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Parley_V1_CheckConversationsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Parley_V1_CheckConversationsResponse` messages.
+        func checkConversations(
+            request: GRPCCore.StreamingServerRequest<Parley_V1_CheckConversationsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_CheckConversationsResponse>
 
         /// Handle the "Typing" method.
         ///
@@ -504,6 +537,25 @@ extension Parley_V1_Relay {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Parley_V1_TransferResponse>
 
+        /// Handle the "CheckConversations" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Which of a node's conversations have events it has not seen: after an outage a node asks
+        /// > this for everything it holds, in one call per thousand, instead of reading each one.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Parley_V1_CheckConversationsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Parley_V1_CheckConversationsResponse` message.
+        func checkConversations(
+            request: GRPCCore.ServerRequest<Parley_V1_CheckConversationsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Parley_V1_CheckConversationsResponse>
+
         /// Handle the "Typing" method.
         ///
         /// > Source IDL Documentation:
@@ -678,6 +730,25 @@ extension Parley_V1_Relay {
             context: GRPCCore.ServerContext
         ) async throws -> Parley_V1_TransferResponse
 
+        /// Handle the "CheckConversations" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Which of a node's conversations have events it has not seen: after an outage a node asks
+        /// > this for everything it holds, in one call per thousand, instead of reading each one.
+        ///
+        /// - Parameters:
+        ///   - request: A `Parley_V1_CheckConversationsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Parley_V1_CheckConversationsResponse` to respond with.
+        func checkConversations(
+            request: Parley_V1_CheckConversationsRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Parley_V1_CheckConversationsResponse
+
         /// Handle the "Typing" method.
         ///
         /// > Source IDL Documentation:
@@ -792,6 +863,17 @@ extension Parley_V1_Relay.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Parley_V1_Relay.Method.CheckConversations.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_CheckConversationsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_CheckConversationsResponse>(),
+            handler: { request, context in
+                try await self.checkConversations(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Parley_V1_Relay.Method.Typing.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_TypingRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_TypingResponse>(),
@@ -890,6 +972,17 @@ extension Parley_V1_Relay.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_TransferResponse> {
         let response = try await self.transfer(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    package func checkConversations(
+        request: GRPCCore.StreamingServerRequest<Parley_V1_CheckConversationsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_CheckConversationsResponse> {
+        let response = try await self.checkConversations(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1008,6 +1101,19 @@ extension Parley_V1_Relay.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Parley_V1_TransferResponse> {
         return GRPCCore.ServerResponse<Parley_V1_TransferResponse>(
             message: try await self.transfer(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    package func checkConversations(
+        request: GRPCCore.ServerRequest<Parley_V1_CheckConversationsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Parley_V1_CheckConversationsResponse> {
+        return GRPCCore.ServerResponse<Parley_V1_CheckConversationsResponse>(
+            message: try await self.checkConversations(
                 request: request.message,
                 context: context
             ),
@@ -1224,6 +1330,30 @@ extension Parley_V1_Relay {
             deserializer: some GRPCCore.MessageDeserializer<Parley_V1_TransferResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_TransferResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "CheckConversations" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Which of a node's conversations have events it has not seen: after an outage a node asks
+        /// > this for everything it holds, in one call per thousand, instead of reading each one.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Parley_V1_CheckConversationsRequest` message.
+        ///   - serializer: A serializer for `Parley_V1_CheckConversationsRequest` messages.
+        ///   - deserializer: A deserializer for `Parley_V1_CheckConversationsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func checkConversations<Result>(
+            request: GRPCCore.ClientRequest<Parley_V1_CheckConversationsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Parley_V1_CheckConversationsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Parley_V1_CheckConversationsResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_CheckConversationsResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "Typing" method.
@@ -1543,6 +1673,41 @@ extension Parley_V1_Relay {
             )
         }
 
+        /// Call the "CheckConversations" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Which of a node's conversations have events it has not seen: after an outage a node asks
+        /// > this for everything it holds, in one call per thousand, instead of reading each one.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Parley_V1_CheckConversationsRequest` message.
+        ///   - serializer: A serializer for `Parley_V1_CheckConversationsRequest` messages.
+        ///   - deserializer: A deserializer for `Parley_V1_CheckConversationsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        package func checkConversations<Result>(
+            request: GRPCCore.ClientRequest<Parley_V1_CheckConversationsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Parley_V1_CheckConversationsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Parley_V1_CheckConversationsResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_CheckConversationsResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Parley_V1_Relay.Method.CheckConversations.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "Typing" method.
         ///
         /// > Source IDL Documentation:
@@ -1810,6 +1975,36 @@ extension Parley_V1_Relay.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_TransferRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_TransferResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CheckConversations" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Which of a node's conversations have events it has not seen: after an outage a node asks
+    /// > this for everything it holds, in one call per thousand, instead of reading each one.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Parley_V1_CheckConversationsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    package func checkConversations<Result>(
+        request: GRPCCore.ClientRequest<Parley_V1_CheckConversationsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_CheckConversationsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.checkConversations(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_CheckConversationsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_CheckConversationsResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -2107,6 +2302,40 @@ extension Parley_V1_Relay.ClientProtocol {
             metadata: metadata
         )
         return try await self.transfer(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CheckConversations" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Which of a node's conversations have events it has not seen: after an outage a node asks
+    /// > this for everything it holds, in one call per thousand, instead of reading each one.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    package func checkConversations<Result>(
+        _ message: Parley_V1_CheckConversationsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_CheckConversationsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Parley_V1_CheckConversationsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.checkConversations(
             request: request,
             options: options,
             onResponse: handleResponse
