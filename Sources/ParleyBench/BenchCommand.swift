@@ -47,14 +47,22 @@ public struct BenchCommand: AsyncParsableCommand {
         @Option(help: "Failover: the pid of a visitor gateway to kill -9.") var killPid: Int32?
         @Option(help: "Failover: that gateway's node id.") var killNode: String?
         @Option(help: "Failover: seconds into the measured window.") var killAfter = 5.0
+        @Option(help: "name=pid pairs, comma-separated, whose CPU to read over the sending window.") var watch: String = ""
 
         func run() async throws {
             guard let transport = VisitorTransport(rawValue: transport) else { throw ValidationError("--transport must be ws, longpoll or sse") }
             var kill: ChatOptions.Kill?
             if let killPid, let killNode { kill = .init(pid: killPid, node: killNode, afterSeconds: killAfter) }
-            let options = ChatOptions(
+            var watched: [String: Int32] = [:]
+            for pair in watch.split(separator: ",") {
+                let parts = pair.split(separator: "=")
+                guard parts.count == 2, let pid = Int32(parts[1]) else { throw ValidationError("--watch takes name=pid pairs") }
+                watched[String(parts[0])] = pid
+            }
+            var options = ChatOptions(
                 loadBalancer: lb, agentGateways: agentGateways.split(separator: ",").map(String.init), agents: try BenchCommand.credentials(agents),
                 conversations: conversations, rate: rate, seconds: seconds, warmupSeconds: warmup, transport: transport, kill: kill)
+            options.watch = watched
             try BenchCommand.printJSON(try await ChatScenario.run(options, logger: BenchCommand.logger))
         }
     }

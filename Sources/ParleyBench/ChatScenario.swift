@@ -17,6 +17,8 @@ public struct ChatOptions: Sendable, Codable {
     /// Seconds after the senders stop that every acknowledged message has to arrive.
     public var drainSeconds: Double = 20
     public var kill: Kill?
+    /// Processes whose CPU seconds are read from /proc over the sending window only (setup excluded).
+    public var watch: [String: Int32] = [:]
 
     public struct Credentials: Sendable, Codable {
         public var email: String
@@ -66,6 +68,8 @@ public struct ChatResult: Codable, Sendable {
     /// Messages the generator could not even start on time (it was saturated itself).
     public var generatorLate: Int
     public var failover: Failover?
+    /// CPU seconds of each watched process from the first send to the last delivery.
+    public var windowCPUSeconds: [String: Double]
 
     public struct Failover: Codable, Sendable {
         public var node: String
@@ -89,6 +93,7 @@ public struct ChatResult: Codable, Sendable {
         case visitorToAgent = "visitor_to_agent"
         case agentToVisitor = "agent_to_visitor"
         case generatorLate = "generator_late"
+        case windowCPUSeconds = "window_cpu_seconds"
     }
 }
 
@@ -149,6 +154,7 @@ public enum ChatScenario {
             let killIndex = options.kill.map { Int(options.rate * (options.warmupSeconds + $0.afterSeconds)) } ?? -1
             let victims = options.kill.map { kill in visitors.filter { $0.node == kill.node } } ?? []
 
+            let cpuBefore = options.watch.mapValues(cpuSeconds)
             await withDiscardingTaskGroup { senders in
                 var index = 0
                 while index < total {
@@ -186,6 +192,9 @@ public enum ChatScenario {
             }
             // Every acknowledged message must arrive.
             try? await waitFor("deliveries", seconds: options.drainSeconds) { tracker.outstanding == 0 }
+            let window = options.watch.reduce(into: [String: Double]()) { result, entry in
+                result[entry.key] = ((cpuSeconds(entry.value) - (cpuBefore[entry.key] ?? 0)) * 1000).rounded() / 1000
+            }
             background.cancelAll()
 
             let counts = tracker.counts
@@ -202,9 +211,19 @@ public enum ChatScenario {
             return ChatResult(
                 options: options, deliveredPerSecond: Double(counts.deliveredMeasured) / options.seconds,
                 latency: tracker.combinedSummary, visitorToAgent: tracker.toAgent.summary, agentToVisitor: tracker.toVisitor.summary,
-                counts: counts, generatorLate: late, failover: failover)
+                counts: counts, generatorLate: late, failover: failover, windowCPUSeconds: window)
         }
     }
+}
+
+/// User plus system CPU seconds of a process so far, from /proc (0 once it is gone).
+func cpuSeconds(_ pid: Int32) -> Double {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = stat.lastIndex(of: ")")
+    else { return 0 }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
 }
 
 /// A flag one task sets and another polls.

@@ -151,9 +151,11 @@ public final class DeliveryTracker: Sendable {
         public var duplicates: Int
         public var reordered: Int
         public var sendErrors: Int
+        /// Neither acknowledged nor refused when the run ended (still queued on a reconnecting socket).
+        public var unacknowledged: Int
         public var deliveredMeasured: Int
         enum CodingKeys: String, CodingKey {
-            case scheduled, acknowledged, lost, duplicates, reordered
+            case scheduled, acknowledged, lost, duplicates, reordered, unacknowledged
             case sendErrors = "send_errors"
             case deliveredMeasured = "delivered_measured"
         }
@@ -164,7 +166,8 @@ public final class DeliveryTracker: Sendable {
             Counts(
                 scheduled: s.sent.count, acknowledged: s.sent.values.filter(\.acked).count,
                 lost: s.sent.values.filter { $0.acked && !$0.received }.count, duplicates: s.duplicates, reordered: s.reordered,
-                sendErrors: s.sendErrors, deliveredMeasured: s.deliveredMeasured)
+                sendErrors: s.sendErrors, unacknowledged: s.sent.count - s.sent.values.filter(\.acked).count - s.sendErrors,
+                deliveredMeasured: s.deliveredMeasured)
         }
     }
 }
