@@ -19,6 +19,7 @@ package struct RelayLink: Sendable {
     /// The addresses, in the order of `grpcClients`.
     package let addresses: [String]
     private let preferred: Preferred
+    private let appends: AppendQueue
 
     /// - Parameter addresses: every relay's `host:port`.
     package init(addresses: [String], security: InternalSecurity) throws {
@@ -30,20 +31,23 @@ package struct RelayLink: Sendable {
                 throw ParleyError(.invalidRequest, "a relay address must be host:port, not \(address)")
             }
         }
-        self.init(grpcClients: clients, addresses: addresses, preferred: Preferred())
+        self.init(grpcClients: clients, addresses: addresses, preferred: Preferred(), appends: AppendQueue())
     }
 
-    private init(grpcClients: [GRPCClient<HTTP2ClientTransport.Posix>], addresses: [String], preferred: Preferred) {
+    private init(grpcClients: [GRPCClient<HTTP2ClientTransport.Posix>], addresses: [String], preferred: Preferred, appends: AppendQueue) {
         self.grpcClients = grpcClients
         self.addresses = addresses
         self.relays = grpcClients.map { Parley_V1_Relay.Client(wrapping: $0) }
         self.preferred = preferred
+        self.appends = appends
     }
 
     /// One link per relay, sharing these connections: for what each relay must hear itself
     /// (heartbeats, which carry that relay's resync requests and instance id).
     package var each: [RelayLink] {
-        grpcClients.indices.map { RelayLink(grpcClients: [grpcClients[$0]], addresses: [addresses[$0]], preferred: Preferred()) }
+        grpcClients.indices.map {
+            RelayLink(grpcClients: [grpcClients[$0]], addresses: [addresses[$0]], preferred: Preferred(), appends: AppendQueue())
+        }
     }
 
     /// Calls the preferred relay, then each other one while the answer is `unavailable`.
@@ -61,6 +65,39 @@ package struct RelayLink: Sendable {
             }
         }
         throw lastError ?? ParleyError(.unavailable, "no relay is reachable")
+    }
+
+    /// Messages waiting for the next `AppendMessages` call; shared by copies of one link.
+    private final class AppendQueue: Sendable {
+        struct Pending {
+            var request: Parley_V1_AppendMessageRequest
+            var continuation: CheckedContinuation<Parley_V1_AppendResult, any Error>
+        }
+
+        private let state = Mutex((queue: [Pending](), sending: false))
+
+        /// Queues a message; true when the caller must start sending (no call is in flight).
+        func add(_ request: Parley_V1_AppendMessageRequest, _ continuation: CheckedContinuation<Parley_V1_AppendResult, any Error>) -> Bool {
+            state.withLock { state in
+                state.queue.append(Pending(request: request, continuation: continuation))
+                guard !state.sending else { return false }
+                state.sending = true
+                return true
+            }
+        }
+
+        /// The next batch, in arrival order; nil (and sending stops) when the queue is empty.
+        func next(max: Int) -> [Pending]? {
+            state.withLock { state in
+                guard !state.queue.isEmpty else {
+                    state.sending = false
+                    return nil
+                }
+                let batch = Array(state.queue.prefix(max))
+                state.queue.removeFirst(batch.count)
+                return batch
+            }
+        }
     }
 
     /// Which relay answered last; shared by copies of one link.
@@ -86,8 +123,33 @@ package struct RelayLink: Sendable {
         try await call { try await $0.startConversation(request, options: Self.options) }
     }
 
+    /// Stores one message. Messages that arrive while a call is in flight go together in the
+    /// next call (`AppendMessages`), so a busy gateway pays the per-call cost once for many.
     package func append(_ request: Parley_V1_AppendMessageRequest) async throws -> Parley_V1_AppendMessageResponse {
-        try await call { try await $0.appendMessage(request, options: Self.options) }
+        let result: Parley_V1_AppendResult = try await withCheckedThrowingContinuation { continuation in
+            if appends.add(request, continuation) {
+                Task { await self.sendAppends() }
+            }
+        }
+        guard result.errorCode.isEmpty else { throw ParleyError(ParleyError.Code(wireValue: result.errorCode), result.errorMessage) }
+        return result.stored
+    }
+
+    /// Sends queued messages, one call at a time, until the queue is empty.
+    private func sendAppends() async {
+        while let batch = appends.next(max: 256) {
+            var request = Parley_V1_AppendMessagesRequest()
+            request.messages = batch.map(\.request)
+            do {
+                let response = try await call { try await $0.appendMessages(request, options: Self.options) }
+                guard response.results.count == batch.count else {
+                    throw ParleyError(.unavailable, "the relay answered \(response.results.count) results for \(batch.count) messages")
+                }
+                for (pending, result) in zip(batch, response.results) { pending.continuation.resume(returning: result) }
+            } catch {
+                for pending in batch { pending.continuation.resume(throwing: error) }
+            }
+        }
     }
 
     package func resume(conversation: UUID, node: String, after: Int64) async throws -> Parley_V1_ResumeResponse {

@@ -21,7 +21,7 @@ public final class GroupCommitter: Service, Sendable {
     private struct Pending {
         var item: AppendItem
         var origin: String?
-        var continuation: CheckedContinuation<AppendOutcome, any Error>
+        var resume: @Sendable (Result<AppendOutcome, any Error>) -> Void
     }
 
     private struct State {
@@ -57,17 +57,32 @@ public final class GroupCommitter: Service, Sendable {
     /// Stores one message; returns after the transaction holding it has committed.
     public func submit(_ item: AppendItem, origin: String? = nil) async throws -> AppendOutcome {
         try await withCheckedThrowingContinuation { continuation in
-            let (wakeup, refused): (CheckedContinuation<Void, Never>?, Bool) = state.withLock { state in
-                if state.stopped { return (nil, true) }
-                state.queue.append(Pending(item: item, origin: origin, continuation: continuation))
-                defer { state.wakeup = nil }
-                return (state.wakeup, false)
-            }
-            if refused {
-                continuation.resume(throwing: ParleyError(.unavailable, "the relay is shutting down"))
-            }
-            wakeup?.resume()
+            enqueue([Pending(item: item, origin: origin, resume: { continuation.resume(with: $0) })])
         }
+    }
+
+    /// Stores several messages, queued together in this order; returns each one's result.
+    public func submitAll(_ items: [(item: AppendItem, origin: String?)]) async -> [Result<AppendOutcome, any Error>] {
+        guard !items.isEmpty else { return [] }
+        return await withCheckedContinuation { continuation in
+            let collected = Collected(count: items.count, continuation: continuation)
+            enqueue(items.enumerated().map { index, entry in
+                Pending(item: entry.item, origin: entry.origin, resume: { collected.set(index, $0) })
+            })
+        }
+    }
+
+    private func enqueue(_ pending: [Pending]) {
+        let (wakeup, refused): (CheckedContinuation<Void, Never>?, Bool) = state.withLock { state in
+            if state.stopped { return (nil, true) }
+            state.queue.append(contentsOf: pending)
+            defer { state.wakeup = nil }
+            return (state.wakeup, false)
+        }
+        if refused {
+            for entry in pending { entry.resume(.failure(ParleyError(.unavailable, "the relay is shutting down"))) }
+        }
+        wakeup?.resume()
     }
 
     public func run() async throws {
@@ -128,14 +143,34 @@ public final class GroupCommitter: Service, Sendable {
             batchSize.record(batch.count)
             committed.increment(by: outcomes.reduce(0) { if case .stored = $1 { $0 + 1 } else { $0 } })
             committedHook(zip(batch, outcomes).map { ($0.item, $1, $0.origin) })
-            for (pending, outcome) in zip(batch, outcomes) { pending.continuation.resume(returning: outcome) }
+            for (pending, outcome) in zip(batch, outcomes) { pending.resume(.success(outcome)) }
         } catch {
             // Nothing of the batch is known to be stored: every sender retries with its client_msg_id,
             // which returns the original seq if the commit did happen after all.
             logger.warning("commit failed", metadata: ["parley.batch.size": "\(batch.count)", "parley.error": "\(describeDatabaseError(error))"])
             for pending in batch {
-                pending.continuation.resume(throwing: ParleyError(.unavailable, "the message could not be stored; retry with the same client_msg_id"))
+                pending.resume(.failure(ParleyError(.unavailable, "the message could not be stored; retry with the same client_msg_id")))
             }
         }
+    }
+}
+
+/// Gathers the results of one `submitAll` and resumes its caller once all are in.
+private final class Collected: Sendable {
+    let results: Mutex<(left: Int, values: [Result<AppendOutcome, any Error>?])>
+    let continuation: CheckedContinuation<[Result<AppendOutcome, any Error>], Never>
+
+    init(count: Int, continuation: CheckedContinuation<[Result<AppendOutcome, any Error>], Never>) {
+        results = Mutex((left: count, values: Array(repeating: nil, count: count)))
+        self.continuation = continuation
+    }
+
+    func set(_ index: Int, _ result: Result<AppendOutcome, any Error>) {
+        let done: [Result<AppendOutcome, any Error>]? = results.withLock { state in
+            state.values[index] = result
+            state.left -= 1
+            return state.left == 0 ? state.values.map { $0! } : nil
+        }
+        if let done { continuation.resume(returning: done) }
     }
 }

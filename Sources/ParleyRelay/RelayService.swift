@@ -68,30 +68,83 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
 
     func appendMessage(request: Parley_V1_AppendMessageRequest, context: ServerContext) async throws -> Parley_V1_AppendMessageResponse {
         try await RPCErrors.serving {
-            let conversation = try parseUUID(request.conversationID, "conversation_id")
-            guard let sender = Sender(rawValue: request.sender), sender != .system else {
-                throw ParleyError(.invalidRequest, "sender must be visitor or agent")
+            let item = try appendItem(request, context)
+            return try Self.response(try await committer.submit(item, origin: request.originNodeID))
+        }
+    }
+
+    static let maxAppendBatch = 256
+
+    func appendMessages(request: Parley_V1_AppendMessagesRequest, context: ServerContext) async throws -> Parley_V1_AppendMessagesResponse {
+        try await RPCErrors.serving {
+            guard request.messages.count <= Self.maxAppendBatch else {
+                throw ParleyError(.invalidRequest, "at most \(Self.maxAppendBatch) messages per call")
             }
-            if sender == .visitor { try ownNode(context, request.originNodeID) } else { try security.authorize(context, .agentGateway) }
-            let agent: UUID? = sender == .agent ? try parseUUID(request.agentID, "agent_id") : nil
-            let item = AppendItem(
-                conversationID: conversation, sender: sender, clientMsgID: try Validate.clientMsgID(request.clientMsgID),
-                text: try Validate.text(request.text), agentID: agent)
-            var response = Parley_V1_AppendMessageResponse()
-            switch try await committer.submit(item, origin: request.originNodeID) {
-            case .stored(let event, _):
-                // Delivered by the committer's hook (RelayApp), in commit order.
-                response.seq = event.seq
-                response.createdAtMs = event.createdAtMillis
-            case .duplicate(let seq, let created):
-                response.seq = seq
-                response.createdAtMs = created
-                response.duplicate = true
-            case .failed(let error):
-                throw error
+            // Each message is checked as AppendMessage checks it; refused ones get their error,
+            // the others are queued together, in order, for the next commit.
+            var results = [Parley_V1_AppendResult](repeating: .init(), count: request.messages.count)
+            var accepted: [(index: Int, item: AppendItem, origin: String)] = []
+            for (index, message) in request.messages.enumerated() {
+                do {
+                    accepted.append((index, try appendItem(message, context), message.originNodeID))
+                } catch let error as ParleyError {
+                    results[index] = Self.result(error)
+                }
             }
+            let outcomes = await committer.submitAll(accepted.map { ($0.item, $0.origin) })
+            for (entry, outcome) in zip(accepted, outcomes) {
+                switch outcome {
+                case .success(.failed(let error)):
+                    results[entry.index] = Self.result(error)
+                case .success(let stored):
+                    results[entry.index].stored = try Self.response(stored)
+                case .failure(let error):
+                    // The commit failed: the whole call fails, so the gateway tries another relay.
+                    throw error
+                }
+            }
+            var response = Parley_V1_AppendMessagesResponse()
+            response.results = results
             return response
         }
+    }
+
+    /// A message to store, after the checks every append gets: the caller's role and node, the
+    /// sender, the agent, the id and the text.
+    private func appendItem(_ request: Parley_V1_AppendMessageRequest, _ context: ServerContext) throws -> AppendItem {
+        let conversation = try parseUUID(request.conversationID, "conversation_id")
+        guard let sender = Sender(rawValue: request.sender), sender != .system else {
+            throw ParleyError(.invalidRequest, "sender must be visitor or agent")
+        }
+        if sender == .visitor { try ownNode(context, request.originNodeID) } else { try security.authorize(context, .agentGateway) }
+        let agent: UUID? = sender == .agent ? try parseUUID(request.agentID, "agent_id") : nil
+        return AppendItem(
+            conversationID: conversation, sender: sender, clientMsgID: try Validate.clientMsgID(request.clientMsgID),
+            text: try Validate.text(request.text), agentID: agent)
+    }
+
+    static func response(_ outcome: AppendOutcome) throws -> Parley_V1_AppendMessageResponse {
+        var response = Parley_V1_AppendMessageResponse()
+        switch outcome {
+        case .stored(let event, _):
+            // Delivered by the committer's hook (RelayApp), in commit order.
+            response.seq = event.seq
+            response.createdAtMs = event.createdAtMillis
+        case .duplicate(let seq, let created):
+            response.seq = seq
+            response.createdAtMs = created
+            response.duplicate = true
+        case .failed(let error):
+            throw error
+        }
+        return response
+    }
+
+    static func result(_ error: ParleyError) -> Parley_V1_AppendResult {
+        var result = Parley_V1_AppendResult()
+        result.errorCode = error.code.rawValue
+        result.errorMessage = error.message
+        return result
     }
 
     func resume(request: Parley_V1_ResumeRequest, context: ServerContext) async throws -> Parley_V1_ResumeResponse {

@@ -65,6 +65,19 @@ package enum Parley_V1_Relay: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "AppendMessages" metadata.
+        package enum AppendMessages: Sendable {
+            /// Request type for "AppendMessages".
+            package typealias Input = Parley_V1_AppendMessagesRequest
+            /// Response type for "AppendMessages".
+            package typealias Output = Parley_V1_AppendMessagesResponse
+            /// Descriptor for "AppendMessages".
+            package static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "parley.v1.Relay"),
+                method: "AppendMessages",
+                type: .unary
+            )
+        }
         /// Namespace for "Resume" metadata.
         package enum Resume: Sendable {
             /// Request type for "Resume".
@@ -161,6 +174,7 @@ package enum Parley_V1_Relay: Sendable {
             RegisterNode.descriptor,
             StartConversation.descriptor,
             AppendMessage.descriptor,
+            AppendMessages.descriptor,
             Resume.descriptor,
             History.descriptor,
             Claim.descriptor,
@@ -251,6 +265,25 @@ extension Parley_V1_Relay {
             request: GRPCCore.StreamingServerRequest<Parley_V1_AppendMessageRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_AppendMessageResponse>
+
+        /// Handle the "AppendMessages" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Several messages in one call: a gateway sends what arrived while its previous call was
+        /// > in flight. Fails as a whole (unavailable) when the relay could not commit.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Parley_V1_AppendMessagesRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Parley_V1_AppendMessagesResponse` messages.
+        func appendMessages(
+            request: GRPCCore.StreamingServerRequest<Parley_V1_AppendMessagesRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_AppendMessagesResponse>
 
         /// Handle the "Resume" method.
         ///
@@ -447,6 +480,25 @@ extension Parley_V1_Relay {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Parley_V1_AppendMessageResponse>
 
+        /// Handle the "AppendMessages" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Several messages in one call: a gateway sends what arrived while its previous call was
+        /// > in flight. Fails as a whole (unavailable) when the relay could not commit.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Parley_V1_AppendMessagesRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Parley_V1_AppendMessagesResponse` message.
+        func appendMessages(
+            request: GRPCCore.ServerRequest<Parley_V1_AppendMessagesRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Parley_V1_AppendMessagesResponse>
+
         /// Handle the "Resume" method.
         ///
         /// > Source IDL Documentation:
@@ -640,6 +692,25 @@ extension Parley_V1_Relay {
             context: GRPCCore.ServerContext
         ) async throws -> Parley_V1_AppendMessageResponse
 
+        /// Handle the "AppendMessages" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Several messages in one call: a gateway sends what arrived while its previous call was
+        /// > in flight. Fails as a whole (unavailable) when the relay could not commit.
+        ///
+        /// - Parameters:
+        ///   - request: A `Parley_V1_AppendMessagesRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Parley_V1_AppendMessagesResponse` to respond with.
+        func appendMessages(
+            request: Parley_V1_AppendMessagesRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Parley_V1_AppendMessagesResponse
+
         /// Handle the "Resume" method.
         ///
         /// > Source IDL Documentation:
@@ -808,6 +879,17 @@ extension Parley_V1_Relay.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Parley_V1_Relay.Method.AppendMessages.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_AppendMessagesRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_AppendMessagesResponse>(),
+            handler: { request, context in
+                try await self.appendMessages(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Parley_V1_Relay.Method.Resume.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_ResumeRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_ResumeResponse>(),
@@ -917,6 +999,17 @@ extension Parley_V1_Relay.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_AppendMessageResponse> {
         let response = try await self.appendMessage(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    package func appendMessages(
+        request: GRPCCore.StreamingServerRequest<Parley_V1_AppendMessagesRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_AppendMessagesResponse> {
+        let response = try await self.appendMessages(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1036,6 +1129,19 @@ extension Parley_V1_Relay.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Parley_V1_AppendMessageResponse> {
         return GRPCCore.ServerResponse<Parley_V1_AppendMessageResponse>(
             message: try await self.appendMessage(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    package func appendMessages(
+        request: GRPCCore.ServerRequest<Parley_V1_AppendMessagesRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Parley_V1_AppendMessagesResponse> {
+        return GRPCCore.ServerResponse<Parley_V1_AppendMessagesResponse>(
+            message: try await self.appendMessages(
                 request: request.message,
                 context: context
             ),
@@ -1215,6 +1321,30 @@ extension Parley_V1_Relay {
             deserializer: some GRPCCore.MessageDeserializer<Parley_V1_AppendMessageResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_AppendMessageResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "AppendMessages" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Several messages in one call: a gateway sends what arrived while its previous call was
+        /// > in flight. Fails as a whole (unavailable) when the relay could not commit.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Parley_V1_AppendMessagesRequest` message.
+        ///   - serializer: A serializer for `Parley_V1_AppendMessagesRequest` messages.
+        ///   - deserializer: A deserializer for `Parley_V1_AppendMessagesResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func appendMessages<Result>(
+            request: GRPCCore.ClientRequest<Parley_V1_AppendMessagesRequest>,
+            serializer: some GRPCCore.MessageSerializer<Parley_V1_AppendMessagesRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Parley_V1_AppendMessagesResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_AppendMessagesResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "Resume" method.
@@ -1496,6 +1626,41 @@ extension Parley_V1_Relay {
             try await self.client.unary(
                 request: request,
                 descriptor: Parley_V1_Relay.Method.AppendMessage.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "AppendMessages" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Several messages in one call: a gateway sends what arrived while its previous call was
+        /// > in flight. Fails as a whole (unavailable) when the relay could not commit.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Parley_V1_AppendMessagesRequest` message.
+        ///   - serializer: A serializer for `Parley_V1_AppendMessagesRequest` messages.
+        ///   - deserializer: A deserializer for `Parley_V1_AppendMessagesResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        package func appendMessages<Result>(
+            request: GRPCCore.ClientRequest<Parley_V1_AppendMessagesRequest>,
+            serializer: some GRPCCore.MessageSerializer<Parley_V1_AppendMessagesRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Parley_V1_AppendMessagesResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_AppendMessagesResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Parley_V1_Relay.Method.AppendMessages.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -1835,6 +2000,36 @@ extension Parley_V1_Relay.ClientProtocol {
         )
     }
 
+    /// Call the "AppendMessages" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Several messages in one call: a gateway sends what arrived while its previous call was
+    /// > in flight. Fails as a whole (unavailable) when the relay could not commit.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Parley_V1_AppendMessagesRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    package func appendMessages<Result>(
+        request: GRPCCore.ClientRequest<Parley_V1_AppendMessagesRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_AppendMessagesResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.appendMessages(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_AppendMessagesRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_AppendMessagesResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "Resume" method.
     ///
     /// > Source IDL Documentation:
@@ -2137,6 +2332,40 @@ extension Parley_V1_Relay.ClientProtocol {
             metadata: metadata
         )
         return try await self.appendMessage(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "AppendMessages" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Several messages in one call: a gateway sends what arrived while its previous call was
+    /// > in flight. Fails as a whole (unavailable) when the relay could not commit.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    package func appendMessages<Result>(
+        _ message: Parley_V1_AppendMessagesRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_AppendMessagesResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Parley_V1_AppendMessagesRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.appendMessages(
             request: request,
             options: options,
             onResponse: handleResponse
