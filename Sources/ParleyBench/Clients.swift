@@ -83,6 +83,31 @@ public struct HTTP: Sendable {
         return (Int(response.status.code), body, response.headers)
     }
 
+    /// POSTs a message until it is acknowledged (200/201), refused (a 4xx not in `retrying`), or
+    /// `deadline` passes; retries keep the same `client_msg_id`, as a real client's do.
+    func sendMessage(
+        _ url: String, body: String, headers: () -> [(String, String)], retrying: Set<Int>, clientMsgID: String,
+        tracker: DeliveryTracker, deadline: ContinuousClock.Instant, onResponse: (HTTPHeaders) -> Void = { _ in }
+    ) async {
+        var attempt = 0
+        while ContinuousClock.now < deadline {
+            if let response = try? await call(.POST, url, json: body, headers: headers()) {
+                onResponse(response.headers)
+                if response.status == 200 || response.status == 201 {
+                    tracker.acked(clientMsgID)
+                    return
+                }
+                if (400..<500).contains(response.status) && !retrying.contains(response.status) {
+                    tracker.sendFailed()
+                    return
+                }
+            }
+            attempt += 1
+            try? await Task.sleep(for: .milliseconds(min(500, 20 * attempt)))
+        }
+        tracker.sendFailed()
+    }
+
     static func decode(_ body: ByteBuffer) -> WireFrame? {
         try? JSONDecoder().decode(WireFrame.self, from: Data(buffer: body))
     }
@@ -289,23 +314,9 @@ public final class BenchVisitor: Sendable {
             return
         }
         let body = #"{"client_msg_id":"\#(clientMsgID)","text":\#(quoteJSON(text))}"#
-        var attempt = 0
-        while ContinuousClock.now < deadline {
-            if let response = try? await http.call(.POST, "\(base)/v1/conversations/\(conversation)/messages", json: body, headers: headers) {
-                noteCookie(response.headers)
-                if response.status == 200 || response.status == 201 {
-                    tracker.acked(clientMsgID)
-                    return
-                }
-                if response.status >= 400 && response.status < 500 && response.status != 429 && response.status != 409 {
-                    tracker.sendFailed()
-                    return
-                }
-            }
-            attempt += 1
-            try? await Task.sleep(for: .milliseconds(min(500, 20 * attempt)))
-        }
-        tracker.sendFailed()
+        await http.sendMessage(
+            "\(base)/v1/conversations/\(conversation)/messages", body: body, headers: { self.headers }, retrying: [409, 429],
+            clientMsgID: clientMsgID, tracker: tracker, deadline: deadline, onResponse: noteCookie)
     }
 }
 
@@ -336,22 +347,9 @@ public struct BenchAgent: Sendable {
     /// Replies, retried with the same id until acknowledged or `deadline`.
     public func send(conversation: String, text: String, clientMsgID: String, tracker: DeliveryTracker, deadline: ContinuousClock.Instant) async {
         let body = #"{"client_msg_id":"\#(clientMsgID)","text":\#(quoteJSON(text))}"#
-        var attempt = 0
-        while ContinuousClock.now < deadline {
-            if let response = try? await http.call(.POST, "\(base)/v1/agent/conversations/\(conversation)/messages", json: body, headers: headers) {
-                if response.status == 200 || response.status == 201 {
-                    tracker.acked(clientMsgID)
-                    return
-                }
-                if response.status >= 400 && response.status < 500 && response.status != 429 {
-                    tracker.sendFailed()
-                    return
-                }
-            }
-            attempt += 1
-            try? await Task.sleep(for: .milliseconds(min(500, 20 * attempt)))
-        }
-        tracker.sendFailed()
+        await http.sendMessage(
+            "\(base)/v1/agent/conversations/\(conversation)/messages", body: body, headers: { headers }, retrying: [429],
+            clientMsgID: clientMsgID, tracker: tracker, deadline: deadline)
     }
 
     /// Reads the agents' event feed until cancelled; `ready` is called once it is connected.

@@ -84,8 +84,7 @@ public final class DeliveryTracker: Sendable {
 
     private let state = Mutex(State())
     /// Only messages scheduled at or after this wall time are in the latency histograms.
-    let measureFrom: Mutex<UInt64> = Mutex(UInt64.max)
-    let measureUntil: Mutex<UInt64> = Mutex(UInt64.max)
+    let measureWindow = Mutex((from: UInt64.max, until: UInt64.max))
     public let toAgent = LatencyRecorder()
     public let toVisitor = LatencyRecorder()
     public let all = LatencyRecorder()
@@ -100,8 +99,7 @@ public final class DeliveryTracker: Sendable {
     }
 
     public func window(from: UInt64, until: UInt64) {
-        measureFrom.withLock { $0 = from }
-        measureUntil.withLock { $0 = until }
+        measureWindow.withLock { $0 = (from, until) }
     }
 
     public func scheduled(_ clientMsgID: String, conversation: String, to reader: Reader) {
@@ -133,8 +131,8 @@ public final class DeliveryTracker: Sendable {
             return true
         }
         guard measured, let scheduled = BenchText.scheduled(text) else { return }
-        let from = measureFrom.withLock { $0 }, until = measureUntil.withLock { $0 }
-        guard scheduled >= from, scheduled < until else { return }
+        let window = measureWindow.withLock { $0 }
+        guard scheduled >= window.from, scheduled < window.until else { return }
         state.withLock { $0.deliveredMeasured += 1 }
         let latency = now > scheduled ? now - scheduled : 0
         (reader == .agent ? toAgent : toVisitor).record(nanos: latency)

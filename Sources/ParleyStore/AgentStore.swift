@@ -25,6 +25,8 @@ public struct Agent: Sendable, Hashable, Codable {
 /// are stored only as SHA-256 digests, so a database dump yields no usable session.
 public struct AgentStore: Sendable {
     public static let roles = ["agent", "supervisor", "admin"]
+    /// The roles that may transfer conversations and close anyone's.
+    public static let supervisorRoles: Set<String> = ["supervisor", "admin"]
 
     let client: PostgresClient
     let logger: Logger

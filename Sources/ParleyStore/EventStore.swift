@@ -310,7 +310,7 @@ public struct EventStore: Sendable {
             let (status, lastSeq, node, assigned) = try await Self.lock(conversationID, on: tx, logger: logger)
             guard status != "closed" else { throw ParleyError(.conversationClosed, "the conversation is closed") }
             guard let supervisor = try await Self.activeAgent(supervisorID, on: tx, logger: logger),
-                ["supervisor", "admin"].contains(supervisor.role)
+                AgentStore.supervisorRoles.contains(supervisor.role)
             else { throw ParleyError(.forbidden, "only supervisors and admins may transfer conversations") }
             guard let target = try await Self.activeAgent(agentID, on: tx, logger: logger) else {
                 throw ParleyError(.invalidRequest, "no such active agent to transfer to")
@@ -352,7 +352,7 @@ public struct EventStore: Sendable {
                 guard let (name, role) = try await Self.activeAgent(agentID, on: tx, logger: logger) else {
                     throw ParleyError(.forbidden, "no such active agent")
                 }
-                if let assigned, assigned != agentID, !["supervisor", "admin"].contains(role) {
+                if let assigned, assigned != agentID, !AgentStore.supervisorRoles.contains(role) {
                     throw ParleyError(.notAssigned, "only the agent assigned to the conversation may close it")
                 }
                 agent = AgentRef(id: agentID.uuidString.lowercased(), name: name)

@@ -110,12 +110,8 @@ class Processes:
 
 # --- running parley-bench --------------------------------------------------------------------
 def run_bench(bin_dir, *args, timeout=1800):
-    """Runs parley-bench, returning its JSON result and its own CPU seconds and peak RSS."""
-    process = subprocess.Popen([f"{bin_dir}/parley-bench", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = process.communicate(timeout=timeout)
-    if process.returncode != 0:
-        raise RuntimeError(f"parley-bench {args[0]} failed ({process.returncode}): {err.strip()[:3000]}")
-    return json.loads(out.strip().splitlines()[-1])
+    """Runs parley-bench and returns its JSON result."""
+    return run_bench_measured(bin_dir, *args, timeout=timeout)[0]
 
 
 def wait4_usage(process):
@@ -125,6 +121,7 @@ def wait4_usage(process):
 
 
 def run_bench_measured(bin_dir, *args, timeout=1800):
+    """Runs parley-bench, returning its JSON result and its own CPU seconds and peak RSS."""
     process = subprocess.Popen([f"{bin_dir}/parley-bench", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     result = {}
 
