@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 
 /// The in-memory tail of one conversation on the visitor gateway it is pinned to.
@@ -146,30 +147,34 @@ public final class ConversationLog: Sendable {
             state.nextWaiterID &+= 1
             return state.nextWaiterID
         }
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                await withTaskCancellationHandler {
-                    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                        let resumeNow = self.state.withLock { state -> Bool in
-                            if state.cancelled.remove(id) != nil || state.moved || state.lastSeq > cursor { return true }
-                            state.waiters[id] = continuation
-                            return false
-                        }
-                        if resumeNow { continuation.resume() }
-                    }
-                } onCancel: {
-                    self.cancelWaiter(id)
+        // A continuation and a timer, no task: an idle reader (one per held visitor) costs little.
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = self.state.withLock { state -> Bool in
+                    if state.cancelled.remove(id) != nil || state.moved || state.lastSeq > cursor { return true }
+                    state.waiters[id] = continuation
+                    return false
+                }
+                if resumeNow {
+                    continuation.resume()
+                    return
+                }
+                let (seconds, attoseconds) = timeout.components
+                let nanoseconds = min(seconds, 86_400) * 1_000_000_000 + attoseconds / 1_000_000_000
+                DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(nanoseconds))) { [weak self] in
+                    self?.expireWaiter(id)
                 }
             }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                self.cancelWaiter(id)
-            }
-            await group.next()
-            group.cancelAll()
+        } onCancel: {
+            self.cancelWaiter(id)
         }
         state.withLock { _ = $0.cancelled.remove(id) }
         return read(after: cursor, limit: limit)
+    }
+
+    /// Ends a wait at its deadline; one that already ended leaves nothing behind.
+    private func expireWaiter(_ id: UInt64) {
+        state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
     }
 
     private func cancelWaiter(_ id: UInt64) {

@@ -3,12 +3,29 @@ import Glibc
 #endif
 import Foundation
 import Logging
+import NIOCore
+import NIOPosix
 import ParleyCore
 import ServiceLifecycle
 
 /// The top of every server binary: runs it, and turns a start-up error into one clear line
 /// on stderr and exit status 2 instead of a crash.
 public enum Entrypoint {
+    /// Makes NIO's event loops Swift Concurrency's global executor, unless
+    /// `PARLEY_CONCURRENCY_EXECUTOR=pool` asks for the standard pool.
+    ///
+    /// Every request crosses between the two several times (socket read, handler, PostgreSQL or
+    /// gRPC write, reply): with separate pools each crossing wakes a sleeping thread on the other
+    /// side, and those wake-ups, not Parley's work, set the latency floor on a small machine.
+    /// On the event loops a continuation resumes on the thread that read the bytes. Nothing in
+    /// Parley blocks a thread (bcrypt runs on `NIOThreadPool`), which is what this requires.
+    /// Call it first in `main`, from the main thread, before anything is awaited.
+    @discardableResult
+    public static func useEventLoopsForConcurrency() -> Bool {
+        if ProcessInfo.processInfo.environment["PARLEY_CONCURRENCY_EXECUTOR"] == "pool" { return false }
+        return NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+    }
+
     public static func run(_ body: () async throws -> Void) async {
         do {
             try await body()

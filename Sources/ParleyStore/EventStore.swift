@@ -87,132 +87,50 @@ public struct EventStore: Sendable {
         return (id, rows)
     }
 
-    /// Stores a batch of messages in one transaction (group commit).
+    /// Stores a batch of messages in one transaction (group commit), in one round trip.
     ///
     /// Rows of the touched conversations are locked in id order, so concurrent relays never
-    /// deadlock and sequence numbers are handed out without gaps. Items that fail a check
+    /// deadlock and sequence numbers are handed out without gaps. A `client_msg_id` already
+    /// stored (or earlier in the batch) answers with its original seq. Items that fail a check
     /// (unknown conversation, closed, wrong agent) get `.failed` and do not abort the batch; a
-    /// database error throws, and then nothing of the batch was committed.
+    /// database error throws, and then nothing of the batch was committed. The agent gateways
+    /// are notified in the same transaction (`parley_append`, migration 4).
     public func append(_ items: [AppendItem]) async throws -> [AppendOutcome] {
         guard !items.isEmpty else { return [] }
-        let conversationIDs = Array(Set(items.map(\.conversationID))).sorted { $0.uuidString < $1.uuidString }
-        return try await transaction { tx in
-            struct Conversation {
-                var lastSeq: Int64
-                var status: String
-                var assignedAgent: UUID?
-                var pinnedNode: String?
-                var agentName: String?
-                var firstNewSeq: Int64
+        let rows = try await client.query(
+            """
+            SELECT o_outcome, o_seq, o_created_ms, o_pinned_node, o_agent_name
+            FROM parley_append(\(items.map(\.conversationID)), \(items.map(\.sender.rawValue)), \(items.map(\.text)),
+                               \(items.map(\.clientMsgID)), \(items.map { $0.agentID?.uuidString ?? "" }))
+            """, logger: logger)
+        var outcomes: [AppendOutcome] = []
+        outcomes.reserveCapacity(items.count)
+        for try await (outcome, seq, millis, node, agentName) in rows.decode((String, Int64?, Int64?, String?, String?).self) {
+            guard outcomes.count < items.count else { break }
+            let item = items[outcomes.count]
+            switch (outcome, seq, millis) {
+            case ("stored", .some(let seq), .some(let millis)):
+                outcomes.append(.stored(
+                    ConversationEvent(
+                        seq: seq, type: ConversationEvent.Kind.message, sender: item.sender, text: item.text,
+                        clientMsgID: item.clientMsgID, createdAtMillis: millis,
+                        agent: item.agentID.map { AgentRef(id: $0.uuidString.lowercased(), name: agentName ?? "") }),
+                    pinnedNode: node))
+            case ("duplicate", .some(let seq), .some(let millis)):
+                outcomes.append(.duplicate(seq: seq, createdAtMillis: millis))
+            case ("not_found", _, _):
+                outcomes.append(.failed(ParleyError(.notFound, "no such conversation")))
+            case ("conversation_closed", _, _):
+                outcomes.append(.failed(ParleyError(.conversationClosed, "the conversation is closed")))
+            case ("not_assigned", _, _):
+                outcomes.append(.failed(ParleyError(.notAssigned, "only the agent assigned to the conversation may write to it")))
+            default:
+                throw ParleyError(.unavailable, "unexpected append outcome \(outcome)")
             }
-            // Round trips dominate a batch's time: the lock also fetches the assigned agent's name,
-            // and the writes go out as one statement. The duplicate check stays a statement of its
-            // own, after the lock, so that it sees whatever committed while the lock was awaited.
-            var conversations: [UUID: Conversation] = [:]
-            let locked = try await tx.query(
-                """
-                SELECT c.id, c.last_seq, c.status, c.assigned_agent, c.pinned_node, a.name,
-                       (extract(epoch FROM now()) * 1000)::int8
-                FROM conversations c LEFT JOIN agents a ON a.id = c.assigned_agent
-                WHERE c.id = ANY(\(conversationIDs)) ORDER BY c.id FOR UPDATE OF c
-                """, logger: logger)
-            var now: Int64 = 0
-            for try await (id, lastSeq, status, agent, node, name, millis) in locked.decode(
-                (UUID, Int64, String, UUID?, String?, String?, Int64).self)
-            {
-                conversations[id] = Conversation(
-                    lastSeq: lastSeq, status: status, assignedAgent: agent, pinnedNode: node, agentName: name, firstNewSeq: lastSeq + 1)
-                now = millis
-            }
-
-            // Retries of messages already stored answer with their original seq.
-            struct Key: Hashable {
-                var conversation: UUID
-                var sender: String
-                var clientMsgID: String
-            }
-            var existing: [Key: (Int64, Int64)] = [:]
-            let candidates = items.filter { conversations[$0.conversationID] != nil }
-            if !candidates.isEmpty {
-                let found = try await tx.query(
-                    """
-                    SELECT e.conversation_id, e.sender, e.client_msg_id, e.seq, (extract(epoch FROM e.created_at) * 1000)::int8
-                    FROM events e
-                    JOIN unnest(\(candidates.map(\.conversationID)), \(candidates.map(\.sender.rawValue)), \(candidates.map(\.clientMsgID)))
-                      AS k(conversation_id, sender, client_msg_id)
-                      ON e.conversation_id = k.conversation_id AND e.sender = k.sender AND e.client_msg_id = k.client_msg_id
-                    """, logger: logger)
-                for try await (c, s, m, seq, created) in found.decode((UUID, String, String, Int64, Int64).self) {
-                    existing[Key(conversation: c, sender: s, clientMsgID: m)] = (seq, created)
-                }
-            }
-
-            var outcomes: [AppendOutcome] = []
-            outcomes.reserveCapacity(items.count)
-            var rows: (conv: [UUID], seq: [Int64], sender: [String], text: [String], msgID: [String], agent: [String]) = ([], [], [], [], [], [])
-            for item in items {
-                guard var conversation = conversations[item.conversationID] else {
-                    outcomes.append(.failed(ParleyError(.notFound, "no such conversation")))
-                    continue
-                }
-                let key = Key(conversation: item.conversationID, sender: item.sender.rawValue, clientMsgID: item.clientMsgID)
-                if let (seq, created) = existing[key] {
-                    outcomes.append(.duplicate(seq: seq, createdAtMillis: created))
-                    continue
-                }
-                if conversation.status == "closed" {
-                    outcomes.append(.failed(ParleyError(.conversationClosed, "the conversation is closed")))
-                    continue
-                }
-                if item.sender == .agent && (item.agentID == nil || item.agentID != conversation.assignedAgent) {
-                    outcomes.append(.failed(ParleyError(.notAssigned, "only the agent assigned to the conversation may write to it")))
-                    continue
-                }
-                conversation.lastSeq += 1
-                conversations[item.conversationID] = conversation
-                existing[key] = (conversation.lastSeq, now)
-                rows.conv.append(item.conversationID)
-                rows.seq.append(conversation.lastSeq)
-                rows.sender.append(item.sender.rawValue)
-                rows.text.append(item.text)
-                rows.msgID.append(item.clientMsgID)
-                rows.agent.append(item.agentID?.uuidString ?? "")
-                let event = ConversationEvent(
-                    seq: conversation.lastSeq, type: ConversationEvent.Kind.message, sender: item.sender,
-                    text: item.text, clientMsgID: item.clientMsgID, createdAtMillis: now,
-                    agent: item.agentID.map { AgentRef(id: $0.uuidString.lowercased(), name: conversation.agentName ?? "") })
-                outcomes.append(.stored(event, pinnedNode: conversation.pinnedNode))
-            }
-            guard !rows.conv.isEmpty else { return outcomes }
-
-            // One summary row per conversation: the last message of the batch.
-            var last: [UUID: Int] = [:]
-            for index in rows.conv.indices { last[rows.conv[index]] = index }
-            let summary = last.values.sorted()
-            let notices = Self.notices(items: items, outcomes: outcomes, summary: summary.map { index in
-                let id = rows.conv[index]
-                return (id, conversations[id]!.firstNewSeq, rows.seq[index])
-            })
-            // Data-modifying CTEs run to completion whether or not the main query reads them.
-            try await tx.query(
-                """
-                WITH inserted AS (
-                    INSERT INTO events (conversation_id, seq, type, sender, text, client_msg_id, agent_id, created_at)
-                    SELECT c, s, 'message', snd, txt, m, NULLIF(a, '')::uuid, now()
-                    FROM unnest(\(rows.conv), \(rows.seq), \(rows.sender), \(rows.text), \(rows.msgID), \(rows.agent)) AS u(c, s, snd, txt, m, a)
-                    RETURNING 1
-                ), summarised AS (
-                    UPDATE conversations c
-                    SET last_seq = u.seq, last_message_text = u.txt, last_message_sender = u.snd, last_message_at = now(), updated_at = now()
-                    FROM unnest(\(summary.map { rows.conv[$0] }), \(summary.map { rows.seq[$0] }), \(summary.map { rows.text[$0] }),
-                                \(summary.map { rows.sender[$0] })) AS u(id, seq, txt, snd)
-                    WHERE c.id = u.id
-                    RETURNING 1
-                )
-                SELECT pg_notify(\(Self.notifyChannel), chunk) FROM unnest(\(Self.chunks(notices))) AS chunk
-                """, logger: logger)
-            return outcomes
         }
+        // Committed, but unanswerable: the senders retry and their client_msg_ids answer then.
+        guard outcomes.count == items.count else { throw ParleyError(.unavailable, "the append answered \(outcomes.count) of \(items.count) messages") }
+        return outcomes
     }
 
     /// A transaction whose domain errors come out as themselves, not wrapped by PostgresNIO.
@@ -239,33 +157,6 @@ public struct EventStore: Sendable {
         if !chunk.isEmpty { chunks.append(chunk) }
         return chunks
     }
-
-    /// Events small enough travel inside the notification (`E <conversation> <event JSON>`), so
-    /// that agent gateways fan them out without reading them back; a conversation with a large
-    /// one gets a range (`e <conversation> <from> <to>`) to read instead.
-    static func notices(items: [AppendItem], outcomes: [AppendOutcome], summary: [(UUID, Int64, Int64)]) -> [String] {
-        var inline: [UUID: [String]] = [:]
-        var tooLarge: Set<UUID> = []
-        for (item, outcome) in zip(items, outcomes) {
-            guard case .stored(let event, _) = outcome, !tooLarge.contains(item.conversationID) else { continue }
-            guard let json = try? noticeEncoder.encode(event), json.count <= inlineEventMaxBytes else {
-                tooLarge.insert(item.conversationID)
-                continue
-            }
-            inline[item.conversationID, default: []].append("E \(item.conversationID.uuidString.lowercased()) \(String(decoding: json, as: UTF8.self))")
-        }
-        return summary.flatMap { id, from, to in
-            tooLarge.contains(id) ? ["e \(id.uuidString.lowercased()) \(from) \(to)"] : inline[id] ?? []
-        }
-    }
-
-    /// Under the 8000-byte NOTIFY limit with room for the line's prefix.
-    static let inlineEventMaxBytes = 6000
-    static let noticeEncoder: JSONEncoder = {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.withoutEscapingSlashes]
-        return encoder
-    }()
 
     static func notify(_ lines: [String], on connection: PostgresConnection, logger: Logger) async throws {
         try await connection.query("SELECT pg_notify(\(notifyChannel), chunk) FROM unnest(\(chunks(lines))) AS chunk", logger: logger)

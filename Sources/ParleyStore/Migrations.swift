@@ -156,6 +156,119 @@ public enum Migrations {
                 "ALTER TABLE conversations ADD COLUMN visitor_user_id text NOT NULL DEFAULT ''",
             ]
         ),
+        (
+            4, "appends in one round trip",
+            [
+                // A batch of messages in one call, so a commit costs one round trip instead of five
+                // (BEGIN, lock, duplicate check, write, COMMIT); round trips, not PostgreSQL's work,
+                // were most of an append's time. What it decides is what `EventStore.append` documents.
+                // Each statement of a plpgsql function takes a new snapshot, so the duplicate check,
+                // after the lock, sees whatever committed while the lock was awaited.
+                """
+                CREATE FUNCTION parley_append(p_conv uuid[], p_sender text[], p_text text[], p_msg text[], p_agent text[])
+                RETURNS TABLE (o_outcome text, o_seq int8, o_created_ms int8, o_pinned_node text, o_agent_name text)
+                LANGUAGE plpgsql
+                -- Its plans are cached per connection, and a plan made while the tables were small
+                -- (a new database) would scan them whole for ever: the indexes are always the way.
+                SET enable_seqscan = off
+                AS $fn$
+                DECLARE
+                    now_ms int8 := (extract(epoch FROM now()) * 1000)::int8;
+                    stamp text := to_char(timestamp 'epoch' + now_ms * interval '1 millisecond', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"');
+                    v_outcome text[]; v_seq int8[]; v_ms int8[]; v_node text[]; v_name text[]; v_lines text[];
+                    line text;
+                    chunk text := '';
+                BEGIN
+                    -- In id order: concurrent batches never deadlock.
+                    PERFORM 1 FROM conversations c WHERE c.id = ANY(p_conv) ORDER BY c.id FOR UPDATE;
+
+                    WITH items AS (
+                        SELECT u.ord, u.conv, u.snd, u.txt, u.msg, NULLIF(u.agent, '')::uuid AS agent
+                        FROM unnest(p_conv, p_sender, p_text, p_msg, p_agent) WITH ORDINALITY AS u(conv, snd, txt, msg, agent, ord)
+                    ), checked AS (
+                        SELECT i.*, c.pinned_node AS node, c.last_seq, a.name AS aname, e.seq AS old_seq,
+                               (extract(epoch FROM e.created_at) * 1000)::int8 AS old_ms,
+                               CASE
+                                   WHEN c.id IS NULL THEN 'not_found'
+                                   WHEN e.seq IS NOT NULL THEN 'duplicate'
+                                   WHEN c.status = 'closed' THEN 'conversation_closed'
+                                   WHEN i.snd = 'agent' AND (i.agent IS NULL OR i.agent IS DISTINCT FROM c.assigned_agent) THEN 'not_assigned'
+                                   ELSE 'ok'
+                               END AS verdict
+                        FROM items i
+                        LEFT JOIN conversations c ON c.id = i.conv
+                        LEFT JOIN agents a ON a.id = c.assigned_agent
+                        LEFT JOIN events e ON e.conversation_id = i.conv AND e.sender = i.snd AND e.client_msg_id = i.msg
+                    ), firsts AS (
+                        -- A client_msg_id repeated within the batch is stored once: its first acceptable copy.
+                        SELECT ch.*, (ch.verdict = 'ok' AND ch.ord = min(ch.ord) FILTER (WHERE ch.verdict = 'ok')
+                                          OVER (PARTITION BY ch.conv, ch.snd, ch.msg)) AS store
+                        FROM checked ch
+                    ), numbered AS (
+                        SELECT f.*, f.last_seq + count(*) FILTER (WHERE f.store) OVER (PARTITION BY f.conv ORDER BY f.ord) AS new_seq
+                        FROM firsts f
+                    ), resolved AS (
+                        SELECT n.*,
+                               CASE WHEN n.store THEN 'stored' WHEN n.verdict = 'ok' THEN 'duplicate' ELSE n.verdict END AS result,
+                               CASE WHEN n.verdict = 'duplicate' THEN n.old_seq
+                                    WHEN n.verdict = 'ok' THEN max(n.new_seq) FILTER (WHERE n.store) OVER (PARTITION BY n.conv, n.snd, n.msg)
+                               END AS result_seq,
+                               CASE WHEN n.verdict = 'duplicate' THEN n.old_ms ELSE now_ms END AS result_ms
+                        FROM numbered n
+                    ), inserted AS (
+                        INSERT INTO events (conversation_id, seq, type, sender, text, client_msg_id, agent_id, created_at)
+                        SELECT r.conv, r.result_seq, 'message', r.snd, r.txt, r.msg, r.agent, now() FROM resolved r WHERE r.store
+                    ), summarised AS (
+                        UPDATE conversations c
+                        SET last_seq = s.result_seq, last_message_text = s.txt, last_message_sender = s.snd,
+                            last_message_at = now(), updated_at = now()
+                        FROM (SELECT DISTINCT ON (r.conv) r.conv, r.result_seq, r.txt, r.snd FROM resolved r WHERE r.store
+                              ORDER BY r.conv, r.ord DESC) s
+                        WHERE c.id = s.conv
+                    ), stored AS (
+                        -- The agents' feed: each message inside the notification, as clients get it.
+                        SELECT r.conv, r.ord, r.result_seq,
+                               'E ' || r.conv || ' ' || (jsonb_build_object(
+                                   'seq', r.result_seq, 'type', 'message', 'sender', r.snd, 'text', r.txt,
+                                   'client_msg_id', r.msg, 'created_at', stamp)
+                                 || CASE WHEN r.agent IS NULL THEN '{}'::jsonb
+                                         ELSE jsonb_build_object('agent', jsonb_build_object('id', r.agent, 'name', coalesce(r.aname, ''))) END
+                               )::text AS line
+                        FROM resolved r WHERE r.store
+                    ), lines AS (
+                        -- A conversation with an event too large for a notification (8000 bytes)
+                        -- gets its range to read instead.
+                        SELECT s.conv, s.ord, s.line FROM stored s
+                        WHERE NOT EXISTS (SELECT 1 FROM stored b WHERE b.conv = s.conv AND octet_length(b.line) > 6039)
+                        UNION ALL
+                        SELECT s.conv, min(s.ord), 'e ' || s.conv || ' ' || min(s.result_seq) || ' ' || max(s.result_seq)
+                        FROM stored s GROUP BY s.conv HAVING max(octet_length(s.line)) > 6039
+                    )
+                    SELECT array_agg(r.result ORDER BY r.ord), array_agg(r.result_seq ORDER BY r.ord), array_agg(r.result_ms ORDER BY r.ord),
+                           array_agg(r.node ORDER BY r.ord), array_agg(r.aname ORDER BY r.ord),
+                           (SELECT array_agg(l.line ORDER BY l.conv, l.ord) FROM lines l)
+                    INTO v_outcome, v_seq, v_ms, v_node, v_name, v_lines
+                    FROM resolved r;
+
+                    -- NOTIFY payloads are capped at 8000 bytes: lines go in chunks below that.
+                    FOREACH line IN ARRAY coalesce(v_lines, '{}') LOOP
+                        IF chunk <> '' AND octet_length(chunk) + octet_length(line) + 1 > 7000 THEN
+                            PERFORM pg_notify('parley_events', chunk);
+                            chunk := '';
+                        END IF;
+                        chunk := CASE WHEN chunk = '' THEN line ELSE chunk || E'\n' || line END;
+                    END LOOP;
+                    IF chunk <> '' THEN
+                        PERFORM pg_notify('parley_events', chunk);
+                    END IF;
+                    RETURN QUERY SELECT * FROM unnest(v_outcome, v_seq, v_ms, v_node, v_name);
+                END
+                $fn$
+                """,
+                "REVOKE EXECUTE ON FUNCTION parley_append(uuid[], text[], text[], text[], text[]) FROM PUBLIC",
+                "GRANT EXECUTE ON FUNCTION parley_append(uuid[], text[], text[], text[], text[]) TO parley_relay",
+            ]
+        ),
     ]
 
     /// Applies every migration not applied yet, each in its own transaction, under an advisory

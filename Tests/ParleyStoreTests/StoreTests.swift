@@ -64,6 +64,47 @@ struct StoreTests {
         }
     }
 
+    @Test(.timeLimit(.minutes(1))) func messagesTravelInsideNotificationsUnlessTooLarge() async throws {
+        try await withDatabase { client, logger in
+            let store = EventStore(client: client, logger: logger)
+            let (small, _) = try await store.startConversation(pinnedNode: "vg-t", visitorName: "", visitorEmail: "", topic: "")
+            let (large, _) = try await store.startConversation(pinnedNode: "vg-t", visitorName: "", visitorEmail: "", topic: "")
+            let ann = try await makeAgent(client, logger)
+            _ = try await store.claim(conversationID: small, agentID: ann.id)
+            let (smallID, largeID) = (small.uuidString.lowercased(), large.uuidString.lowercased())
+            let lines = try await client.withConnection { connection in
+                let notifications = try await connection.listen(EventStore.notifyChannel)
+                var iterator = notifications.makeAsyncIterator()
+                _ = try await store.append([
+                    AppendItem(conversationID: small, sender: .visitor, clientMsgID: "m1", text: "hi \"there\"\nline two"),
+                    AppendItem(conversationID: large, sender: .visitor, clientMsgID: "m2", text: String(repeating: "é", count: 4000)),
+                    AppendItem(conversationID: small, sender: .agent, clientMsgID: "m3", text: "again", agentID: ann.id),
+                    AppendItem(conversationID: large, sender: .visitor, clientMsgID: "m4", text: "small, after a large one"),
+                ])
+                // Other tests notify on the same channel: keep this test's conversations' lines.
+                var lines: [String] = []
+                while lines.count < 3, let notification = try await iterator.next() {
+                    #expect(notification.payload.utf8.count <= 7000)
+                    lines += notification.payload.split(separator: "\n").map(String.init).filter { $0.contains(smallID) || $0.contains(largeID) }
+                }
+                return lines
+            }
+            // The large event's conversation gets its range to read; the others travel inline,
+            // one line each (a newline in the text stays escaped), exactly as clients get them.
+            #expect(lines.count == 3)
+            #expect(lines.contains("e \(largeID) 1 2"))
+            let inline = lines.filter { $0.hasPrefix("E \(smallID) {") }
+            #expect(inline.count == 2)
+            let events = try inline.map { try JSONDecoder().decode(ConversationEvent.self, from: Data($0.split(separator: " ", maxSplits: 2)[2].utf8)) }
+            #expect(events.map(\.seq) == [2, 3])
+            #expect(events.map(\.text) == ["hi \"there\"\nline two", "again"])
+            #expect(events[1].agent == AgentRef(id: ann.id.uuidString.lowercased(), name: "Ann"))
+            // The time is the stored one, to the millisecond.
+            let stored = try await store.events(conversationID: small, after: 1, limit: 10).events
+            #expect(events.map(\.createdAtMillis) == stored.map(\.createdAtMillis))
+        }
+    }
+
     @Test func concurrentBatchesNeverShareOrSkipASequenceNumber() async throws {
         try await withDatabase { client, logger in
             let store = EventStore(client: client, logger: logger)
@@ -237,24 +278,6 @@ struct StoreTests {
 }
 
 @Suite struct NotifyChunkTests {
-    @Test func messagesTravelInsideNotificationsUnlessTooLarge() throws {
-        let small = UUID(), large = UUID()
-        func stored(_ id: UUID, _ seq: Int64, _ text: String) -> (AppendItem, AppendOutcome) {
-            (AppendItem(conversationID: id, sender: .visitor, clientMsgID: "m\(seq)", text: text),
-             .stored(ConversationEvent(seq: seq, type: "message", sender: .visitor, text: text, clientMsgID: "m\(seq)", createdAtMillis: 1), pinnedNode: nil))
-        }
-        let rows = [stored(small, 4, "hi \"there\"\nline two"), stored(large, 7, String(repeating: "é", count: 4000)), stored(small, 5, "again")]
-        let lines = EventStore.notices(items: rows.map(\.0), outcomes: rows.map(\.1), summary: [(small, 4, 5), (large, 7, 7)])
-        #expect(lines.count == 3)
-        #expect(lines[2] == "e \(large.uuidString.lowercased()) 7 7")
-        // One line each (a newline in the text stays escaped), the event exactly as clients get it.
-        for (line, seq) in zip(lines.prefix(2), [4, 5]) {
-            #expect(line.hasPrefix("E \(small.uuidString.lowercased()) {") && !line.contains("\n"))
-            let json = Data(line.split(separator: " ", maxSplits: 2)[2].utf8)
-            #expect(try JSONDecoder().decode(ConversationEvent.self, from: json).seq == Int64(seq))
-        }
-    }
-
     @Test func chunksStayUnderPostgresLimitAndKeepEveryLine() {
         let lines = (0..<600).map { "e \(UUID().uuidString.lowercased()) \($0) \($0 + 1)" }
         let chunks = EventStore.chunks(lines)
