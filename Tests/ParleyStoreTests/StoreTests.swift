@@ -361,6 +361,7 @@ struct RoleTests {
             #expect(await refused(client, logger, "DELETE FROM nodes"))
             #expect(await refused(client, logger, "DELETE FROM audit_log"))
             #expect(await refused(client, logger, "TRUNCATE audit_log"))
+            #expect(await refused(client, logger, "SELECT * FROM parley_append(ARRAY['\(id)'::uuid], ARRAY['visitor'], ARRAY['x'], ARRAY['ag-1'], ARRAY[''])"))
             #expect(await refused(client, logger, "CREATE TABLE intruder (x int)"))
         }
     }
