@@ -40,7 +40,7 @@ public final class ConversationLog: Sendable {
         var lastSeq: Int64
         var moved = false
         var nextWaiterID: UInt64 = 0
-        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var waiters: [UInt64: Waiter] = [:]
         var cancelled: Set<UInt64> = []
         var lastActivity: ContinuousClock.Instant = .now
         /// The latest ephemeral event (typing) and a counter that moves with each one.
@@ -48,6 +48,20 @@ public final class ConversationLog: Sendable {
         var ephemeralGeneration: UInt64 = 0
 
         var count: Int { events.count - head }
+    }
+
+    /// Someone waiting for the log's next change: a suspended reader, or a callback (a
+    /// WebSocket that has no task while it is idle).
+    private enum Waiter {
+        case task(CheckedContinuation<Void, Never>)
+        case callback(@Sendable () -> Void)
+
+        func wake() {
+            switch self {
+            case .task(let continuation): continuation.resume()
+            case .callback(let callback): callback()
+            }
+        }
     }
 
     private let state: Mutex<State>
@@ -79,7 +93,7 @@ public final class ConversationLog: Sendable {
     /// Adds committed events in sequence order, skipping those already held.
     @discardableResult
     public func apply(_ events: [ConversationEvent]) -> ApplyOutcome {
-        let (outcome, woken): (ApplyOutcome, [CheckedContinuation<Void, Never>]) = state.withLock { state in
+        let (outcome, woken): (ApplyOutcome, [Waiter]) = state.withLock { state in
             var added = false
             var outcome = ApplyOutcome.duplicate
             for event in events.sorted(by: { $0.seq < $1.seq }) where event.seq > 0 {
@@ -102,7 +116,7 @@ public final class ConversationLog: Sendable {
             }
             return (outcome, [])
         }
-        for continuation in woken { continuation.resume() }
+        for waiter in woken { waiter.wake() }
         return outcome
     }
 
@@ -152,7 +166,7 @@ public final class ConversationLog: Sendable {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let resumeNow = self.state.withLock { state -> Bool in
                     if state.cancelled.remove(id) != nil || state.moved || state.lastSeq > cursor { return true }
-                    state.waiters[id] = continuation
+                    state.waiters[id] = .task(continuation)
                     return false
                 }
                 if resumeNow {
@@ -174,28 +188,47 @@ public final class ConversationLog: Sendable {
 
     /// Ends a wait at its deadline; one that already ended leaves nothing behind.
     private func expireWaiter(_ id: UInt64) {
-        state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
+        state.withLock { $0.waiters.removeValue(forKey: id) }?.wake()
     }
 
     private func cancelWaiter(_ id: UInt64) {
-        let continuation = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            if let continuation = state.waiters.removeValue(forKey: id) { return continuation }
+        let waiter = state.withLock { state -> Waiter? in
+            if let waiter = state.waiters.removeValue(forKey: id) { return waiter }
             state.cancelled.insert(id)
             return nil
         }
-        continuation?.resume()
+        waiter?.wake()
+    }
+
+    /// Calls `wake` once, at the next change a reader after `cursor` would see: an event, an
+    /// ephemeral event, or a move. Returns nil, and calls nothing, when there is one already;
+    /// otherwise a token that `cancelWake` takes back.
+    ///
+    /// This is how a reader waits without a task: an idle WebSocket is this one entry.
+    public func wakeOnChange(after cursor: Int64, _ wake: @escaping @Sendable () -> Void) -> UInt64? {
+        state.withLock { state -> UInt64? in
+            if state.moved || state.lastSeq > cursor { return nil }
+            state.nextWaiterID &+= 1
+            state.waiters[state.nextWaiterID] = .callback(wake)
+            return state.nextWaiterID
+        }
+    }
+
+    /// Takes back a `wakeOnChange` that has not fired; one that has fired is already gone.
+    public func cancelWake(_ token: UInt64) {
+        _ = state.withLock { $0.waiters.removeValue(forKey: token) }
     }
 
     /// Shows an ephemeral event (typing) to current readers: not stored, never replayed.
     public func signal(_ event: ConversationEvent) {
-        let woken = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+        let woken = state.withLock { state -> [Waiter] in
             state.ephemeral = event
             state.ephemeralGeneration &+= 1
             let woken = Array(state.waiters.values)
             state.waiters.removeAll()
             return woken
         }
-        for continuation in woken { continuation.resume() }
+        for waiter in woken { waiter.wake() }
     }
 
     /// The latest ephemeral event if it is newer than `generation`, with the new generation.
@@ -207,12 +240,12 @@ public final class ConversationLog: Sendable {
 
     /// Marks the conversation as gone from this node and wakes every reader so it can move.
     public func markMoved() {
-        let woken = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+        let woken = state.withLock { state -> [Waiter] in
             state.moved = true
             let woken = Array(state.waiters.values)
             state.waiters.removeAll()
             return woken
         }
-        for continuation in woken { continuation.resume() }
+        for waiter in woken { waiter.wake() }
     }
 }

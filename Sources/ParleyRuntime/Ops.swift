@@ -125,7 +125,8 @@ public struct OriginMiddleware<Context: RequestContext>: RouterMiddleware {
         return try await next(request, context)
     }
 
-    func isAllowed(origin: String, host: String?) -> Bool {
+    /// Whether a request from `origin` to `host` (its `Host` or authority) may be served.
+    public func isAllowed(origin: String, host: String?) -> Bool {
         let origin = origin.lowercased()
         if !allowed.isEmpty { return allowed.contains(origin) }
         guard let host = host?.lowercased(), let schemeEnd = origin.range(of: "://") else { return false }

@@ -1,7 +1,6 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
-import HummingbirdWebSocket
 import Logging
 import Metrics
 import ParleyCore
@@ -77,16 +76,11 @@ struct VisitorAPI: Sendable {
         }
         conversations.get(":id/events") { request, context in try await longPoll(request, context) }
         conversations.get(":id/stream") { request, context in try await stream(request, context) }
-        conversations.ws(":id/ws") { request, context in
-            do {
-                _ = try authorize(request, context)
-                guard connectionCaps.held(clients.of(request, context)) < connectionCaps.limit else { return .dontUpgrade }
-                return .upgrade([:])
-            } catch {
-                return .dontUpgrade
-            }
-        } onUpgrade: { inbound, outbound, context in
-            try await webSocket(inbound: inbound, outbound: outbound, context: context)
+        // Upgrades are taken, or refused with a JSON error, before the router (`VisitorChannel`):
+        // what gets here is a plain GET.
+        conversations.get(":id/ws") { request, context -> Response in
+            _ = try authorize(request, context)
+            throw ParleyError(.invalidRequest, "this endpoint speaks WebSocket only: send an Upgrade: websocket request (version 13)")
         }
     }
 
@@ -259,73 +253,6 @@ struct VisitorAPI: Sendable {
         }
     }
 
-    func webSocket(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, context: WebSocketRouterContext<Context>) async throws {
-        let id = try authorize(context.request, context.requestContext)
-        let cursor = try Validate.cursor(context.request.uri.queryParameters["after"].map(String.init))
-        let address = clients.of(context.request, context.requestContext)
-        guard connectionCaps.acquire(address) else {
-            try await outbound.close(.policyViolation, reason: "too many connections from this address")
-            return
-        }
-        defer { connectionCaps.release(address) }
-        connections.opened(connected)
-        defer { connections.closed(connected) }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                var after = cursor
-                var typing = hub.existing(id)?.ephemeral(after: .max).generation ?? 0
-                while !Task.isCancelled {
-                    let page: EventsPage
-                    do {
-                        page = try await read(id, after: after, wait: .seconds(25))
-                    } catch let error as ParleyError {
-                        try await outbound.write(.text(#"{"type":"move","code":"\#(error.code.rawValue)"}"#))
-                        try await outbound.close(.goingAway, reason: "move")
-                        return
-                    }
-                    if let signal = ephemeral(id, after: &typing) {
-                        try await outbound.write(.text(signal))
-                    }
-                    if page.events.isEmpty {
-                        try await outbound.write(.pong)
-                        continue
-                    }
-                    for event in page.events {
-                        try await outbound.write(.text(String(decoding: try JSONBody.encoder.encode(event), as: UTF8.self)))
-                        after = event.seq
-                    }
-                }
-            }
-            group.addTask {
-                var messages = inbound.messages(maxSize: Limits.requestBodyMaxBytes).makeAsyncIterator()
-                while let message = try await messages.next() {
-                    guard case .text(let text) = message,
-                        let frame = try? JSONDecoder().decode(Inbound.self, from: Data(text.utf8))
-                    else {
-                        try await outbound.write(.text(Self.wsError(nil, ParleyError(.invalidRequest, "frames must be JSON objects with a type"))))
-                        continue
-                    }
-                    if frame.type == "typing" {
-                        try? await relay.typing(conversation: id, agent: nil)
-                        continue
-                    }
-                    guard frame.type == "message" else { continue }
-                    do {
-                        let ack = try await post(id, clientMsgID: frame.clientMsgID, text: frame.text)
-                        try await outbound.write(
-                            .text(
-                                #"{"type":"ack","client_msg_id":\#(Self.quote(frame.clientMsgID ?? "")),"seq":\#(ack.seq),"created_at":"\#(ack.createdAt)","duplicate":\#(ack.duplicate)}"#))
-                    } catch let error as ParleyError {
-                        try await outbound.write(.text(Self.wsError(frame.clientMsgID, error)))
-                    }
-                }
-            }
-            // Either side ending (client closed, or the conversation moved) ends the socket.
-            try await group.next()
-            group.cancelAll()
-        }
-    }
-
     /// The JSON of an ephemeral event (typing) newer than `generation`, if any.
     func ephemeral(_ id: UUID, after generation: inout UInt64) -> String? {
         guard let log = hub.existing(id) else { return nil }
@@ -349,21 +276,26 @@ struct VisitorAPI: Sendable {
     /// The conversation in the path, after checking the visitor token (header first, then cookie).
     /// A node that is not ready (draining, removed, stopping) sends every visitor elsewhere.
     func authorize(_ request: Request, _ context: Context) throws -> UUID {
+        var bearer: String?
+        if let header = request.headers[.authorization], header.hasPrefix("Bearer ") {
+            bearer = String(header.dropFirst(7))
+        }
+        let query = request.uri.queryParameters
+        return try authorize(
+            id: context.parameters.get("id"), token: bearer ?? request.cookies[Self.tokenCookieName]?.value,
+            userID: request.headers[Self.userIDHeader] ?? query["user_id"].map(String.init),
+            userHash: request.headers[Self.userHashHeader] ?? query["user_hash"].map(String.init))
+    }
+
+    /// The conversation `id` names, once `token` (and the user's identity, where it is verified)
+    /// shows the caller may read and write it. Refuses everyone while the node is not ready.
+    func authorize(id raw: String?, token: String?, userID: String?, userHash: String?) throws -> UUID {
         guard health.current == .ready else {
             throw ParleyError(.draining, "this node is draining; reconnect to continue on another node")
         }
-        guard let raw = context.parameters.get("id"), let id = UUID(uuidString: raw) else {
+        guard let raw, let id = UUID(uuidString: raw) else {
             throw ParleyError(.notFound, "no such conversation")
         }
-        var token: String?
-        if let header = request.headers[.authorization], header.hasPrefix("Bearer ") {
-            token = String(header.dropFirst(7))
-        } else {
-            token = request.cookies[Self.tokenCookieName]?.value
-        }
-        let query = request.uri.queryParameters
-        let userID = request.headers[Self.userIDHeader] ?? query["user_id"].map(String.init)
-        let userHash = request.headers[Self.userHashHeader] ?? query["user_hash"].map(String.init)
         try tokens.verify(token ?? "", conversationID: id, userID: try verifiedUser(userID, userHash))
         return id
     }

@@ -2,7 +2,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Hummingbird
-import HummingbirdWebSocket
+import HummingbirdCore
 import Logging
 import ParleyCore
 import ParleyRPC
@@ -102,14 +102,11 @@ public enum VisitorGatewayApp {
         let router = makeWebRouter(VisitorRequestContext.self, webRoot: webRoot, logger: logger)
         router.add(middleware: OriginMiddleware(allowed: configuration.allowedOrigins))
         api.register(on: router)
+        let sockets = VisitorSockets(api: api, allowedOrigins: configuration.allowedOrigins)
+        let http1 = HTTP1Channel.Configuration(idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds)))
         let app = Application(
             router: router,
-            server: .http1WebSocketUpgrade(
-                webSocketRouter: router,
-                configuration: .init(
-                    http1: .init(idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds))),
-                    // Pings find dead peers; an unanswered one closes the socket.
-                    ws: .init(maxFrameSize: Limits.requestBodyMaxBytes, autoPing: .enabled(timePeriod: .seconds(30))))),
+            server: HTTPServerBuilder { responder in VisitorChannel(responder: responder, http1: http1, sockets: sockets) },
             configuration: .init(address: .hostname(configuration.httpListen.host, port: configuration.httpListen.port), serverName: nil),
             logger: logger)
 
@@ -135,6 +132,9 @@ public enum VisitorGatewayApp {
                     .init(service: GRPCServerService(delivery)),
                     .init(service: hub),
                     .init(service: app),
+                    // Shut down after the lifecycle has told every conversation to move, before the
+                    // relay links close: sockets still tell their visitors so.
+                    .init(service: sockets),
                     .init(service: ops),
                     .init(service: lifecycle),
                 ],

@@ -1,18 +1,14 @@
 import Hummingbird
-import HummingbirdWebSocket
 import NIOCore
 import Synchronization
 
-/// The visitor API's request context: a WebSocket-capable context that also knows the peer's
-/// address, which per-client limits need.
-struct VisitorRequestContext: RequestContext, WebSocketRequestContext, RemoteAddressRequestContext {
+/// The visitor API's request context: it also knows the peer's address, which per-client limits need.
+struct VisitorRequestContext: RequestContext, RemoteAddressRequestContext {
     var coreContext: CoreRequestContextStorage
-    let webSocket: WebSocketHandlerReference<Self>
     let remoteAddress: SocketAddress?
 
     init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
-        webSocket = .init()
         remoteAddress = source.channel.remoteAddress
     }
 }
@@ -23,8 +19,13 @@ struct ClientAddress: Sendable {
     let trustedProxies: Set<String>
 
     func of(_ request: Request, _ context: VisitorRequestContext) -> String {
-        let peer = context.remoteAddress?.ipAddress ?? "unknown"
-        guard trustedProxies.contains(peer), let forwarded = request.headers[values: .init("X-Forwarded-For")!].last else { return peer }
+        of(peer: context.remoteAddress, forwardedFor: request.headers[values: .init("X-Forwarded-For")!])
+    }
+
+    /// The client behind `peer`, given the request's `X-Forwarded-For` values.
+    func of(peer: SocketAddress?, forwardedFor: [String]) -> String {
+        let peer = peer?.ipAddress ?? "unknown"
+        guard trustedProxies.contains(peer), let forwarded = forwardedFor.last else { return peer }
         let last = forwarded.split(separator: ",").last.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
         return last.isEmpty || last.count > 45 ? peer : last
     }

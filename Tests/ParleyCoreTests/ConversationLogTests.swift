@@ -1,4 +1,5 @@
 import ParleyCore
+import Synchronization
 import Testing
 
 func event(_ seq: Int64, _ text: String = "hi", sender: Sender = .visitor) -> ConversationEvent {
@@ -70,5 +71,45 @@ func event(_ seq: Int64, _ text: String = "hi", sender: Sender = .visitor) -> Co
         let task = Task { await log.wait(after: 0, timeout: .seconds(30)) }
         task.cancel()
         #expect(await task.value == .events([], lastSeq: 0, more: false))
+    }
+
+    @Test func aWakeFiresOnceOnTheNextChangeAndCountsAsAWaiter() {
+        let log = ConversationLog(floor: 0, events: [event(1)])
+        let wakes = Mutex(0)
+        // Something after the cursor already: no wake is left, the caller reads instead.
+        #expect(log.wakeOnChange(after: 0) { wakes.withLock { $0 += 1 } } == nil)
+        let token = log.wakeOnChange(after: 1) { wakes.withLock { $0 += 1 } }
+        #expect(token != nil)
+        // A registered wake keeps the conversation from idle eviction, like a waiting reader.
+        #expect(log.activity.waiters == 1)
+        log.apply([event(1)])
+        #expect(wakes.withLock { $0 } == 0)
+        log.apply([event(2)])
+        log.apply([event(3)])
+        #expect(wakes.withLock { $0 } == 1)
+        #expect(log.activity.waiters == 0)
+    }
+
+    @Test func typingAndMovesWakeToo() {
+        let log = ConversationLog(floor: 0)
+        let wakes = Mutex(0)
+        _ = log.wakeOnChange(after: 0) { wakes.withLock { $0 += 1 } }
+        log.signal(ConversationEvent(seq: 0, type: ConversationEvent.Kind.typing, sender: .agent, text: "", clientMsgID: nil, createdAtMillis: 0))
+        #expect(wakes.withLock { $0 } == 1)
+        _ = log.wakeOnChange(after: 0) { wakes.withLock { $0 += 1 } }
+        log.markMoved()
+        #expect(wakes.withLock { $0 } == 2)
+        #expect(log.wakeOnChange(after: 0) { wakes.withLock { $0 += 1 } } == nil)
+    }
+
+    @Test func aCancelledWakeNeverFires() {
+        let log = ConversationLog(floor: 0)
+        let wakes = Mutex(0)
+        let token = log.wakeOnChange(after: 0) { wakes.withLock { $0 += 1 } }!
+        log.cancelWake(token)
+        log.cancelWake(token)  // twice, or after it fired: nothing happens
+        log.apply([event(1)])
+        #expect(wakes.withLock { $0 } == 0)
+        #expect(log.activity.waiters == 0)
     }
 }

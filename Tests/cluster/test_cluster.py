@@ -144,11 +144,75 @@ def test_websocket_refuses_a_bad_token(cluster):
     visitor = Visitor(cluster.lb_url)
     visitor.start()
     ws_url = cluster.lb_url.replace("http://", "ws://") + f"/v1/conversations/{visitor.conversation}/ws"
+    # A refused upgrade says why, in the same JSON as every other error.
+    for header, status, code in (
+        (["Authorization: Bearer pv1.k1.nope.0.AAAA"], 401, "unauthorized"),
+        ([f"Authorization: Bearer {visitor.token}"], 400, "invalid_request"),  # with ?after=-1 below
+    ):
+        url = ws_url + ("?after=-1" if status == 400 else "")
+        try:
+            websocket.create_connection(url, header=header, timeout=5)
+            raise AssertionError(f"upgrade accepted: {header}")
+        except websocket.WebSocketBadStatusException as error:
+            assert error.status_code == status, error
+            assert json.loads(error.resp_body)["error"]["code"] == code, error.resp_body
+    # A plain GET of the socket's address is told to upgrade.
+    plain = visitor.session.get(ws_url.replace("ws://", "http://"), headers=visitor.headers, timeout=10)
+    assert plain.status_code == 400 and "WebSocket" in plain.json()["error"]["message"], plain.text
+
+
+def test_websocket_keeps_order_answers_pings_and_moves_on_drain(cluster):
+    visitor, agent = open_conversation(cluster)
+    pinned = visitor.node
+    gateway = cluster.visitor_gateways[pinned]
+    # Straight at the pinned node, so the drain below reaches this socket.
+    ws = websocket.create_connection(f"ws://127.0.0.1:{gateway.http}/v1/conversations/{visitor.conversation}/ws?after=1",
+                                     header=[f"Authorization: Bearer {visitor.token}"], timeout=15)
+    # A burst sent without waiting (within the rate limit's burst of 20): handled one at a time,
+    # so stored and acknowledged in send order.
+    for n in range(15):
+        ws.send(json.dumps({"type": "message", "client_msg_id": f"burst-{n}", "text": f"burst {n}"}))
+    acks, events = [], []
+    while len(acks) < 15 or len(events) < 15:
+        frame = json.loads(ws.recv())
+        (acks if frame.get("type") == "ack" else events).append(frame)
+    assert [a["client_msg_id"] for a in acks] == [f"burst-{n}" for n in range(15)]
+    assert [a["seq"] for a in acks] == list(range(2, 17))
+    assert [e["seq"] for e in events] == list(range(2, 17)) and events[-1]["text"] == "burst 14"
+    # A ping is answered with the same payload.
+    ws.ping("are you there")
+    opcode, frame = ws.recv_data_frame(control_frame=True)
+    assert opcode == websocket.ABNF.OPCODE_PONG and frame.data == b"are you there"
+    # Draining the node tells the socket to move, then closes it.
+    cluster.ctl("nodes", "drain", pinned)
     try:
-        websocket.create_connection(ws_url, header=["Authorization: Bearer pv1.k1.nope.0.AAAA"], timeout=5)
-        raise AssertionError("upgrade accepted with a forged token")
-    except websocket.WebSocketBadStatusException as error:
-        assert error.status_code in (400, 401, 403, 404)
+        move = json.loads(ws.recv())
+        assert move["type"] == "move" and move["code"] == "draining", move
+        opcode, frame = ws.recv_data_frame(control_frame=True)
+        assert opcode == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(frame.data[:2], "big") == 1001
+        ws.close()
+    finally:
+        cluster.ctl("nodes", "undrain", pinned)
+    wait_until(lambda: gateway.health().status_code == 200, what="undrained node healthy again")
+
+    def balanced():
+        nodes = set()
+        for _ in range(2):
+            fresh = Visitor(cluster.lb_url)
+            fresh.start()
+            nodes.add(fresh.node)
+        return len(nodes) == 2
+    wait_until(balanced, timeout=30, what="HAProxy sending visitors to the undrained node again")
+    # Nothing was stored twice, and the socket's cursor resumes anywhere.
+    assert cluster.psql(f"SELECT count(*) FROM events WHERE conversation_id = '{visitor.conversation}' AND client_msg_id LIKE 'burst-%'") == "15"
+    ws = websocket.create_connection(cluster.lb_url.replace("http://", "ws://") + f"/v1/conversations/{visitor.conversation}/ws?after=15",
+                                     header=[f"Authorization: Bearer {visitor.token}"], timeout=15)
+    assert json.loads(ws.recv())["seq"] == 16
+    # The visitor's close is answered with a close, and the gateway lets go of the socket.
+    ws.send_close(websocket.STATUS_NORMAL)
+    opcode, frame = ws.recv_data_frame(control_frame=True)
+    assert opcode == websocket.ABNF.OPCODE_CLOSE
+    ws.shutdown()
 
 
 def test_agent_reply_is_delivered_only_to_the_pinned_node(cluster):
