@@ -92,10 +92,8 @@ public struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 
     public static func response(_ error: ParleyError) -> Response {
-        let body = (try? JSONEncoder().encode(["error": ["code": error.code.rawValue, "message": error.message]])) ?? Data()
-        var headers: HTTPFields = [.contentType: "application/json", .cacheControl: "no-store"]
-        if let seconds = error.retryAfterSeconds { headers[.retryAfter] = String(seconds) }
-        return Response(status: HTTPResponse.Status(code: error.httpStatus), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
+        let (head, body) = error.jsonResponse
+        return Response(status: head.status, headers: head.headerFields, body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }
 }
 
@@ -167,17 +165,35 @@ public enum JSONBody {
     }
 }
 
+extension ParleyError {
+    /// The error as every edge answers it: `{"error": {"code", "message"}}` with its status
+    /// (and `Retry-After` when it has one).
+    public var jsonResponse: (head: HTTPResponse, body: Data) {
+        let body = (try? JSONEncoder().encode(["error": ["code": code.rawValue, "message": message]])) ?? Data()
+        var headers: HTTPFields = [.contentType: "application/json", .cacheControl: "no-store"]
+        if let seconds = retryAfterSeconds { headers[.retryAfter] = String(seconds) }
+        return (HTTPResponse(status: .init(code: httpStatus), headerFields: headers), body)
+    }
+}
+
 /// Security headers for HTML pages: a strict Content-Security-Policy and the usual hardening.
 public struct SecurityHeadersMiddleware<Context: RequestContext>: RouterMiddleware {
     public init() {}
 
+    /// The headers it sets on every response that is not an error.
+    public static var fields: HTTPFields {
+        [
+            .contentSecurityPolicy:
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+            .xContentTypeOptions: "nosniff",
+            HTTPField.Name("Referrer-Policy")!: "no-referrer",
+            HTTPField.Name("X-Frame-Options")!: "DENY",
+        ]
+    }
+
     public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var response = try await next(request, context)
-        response.headers[.contentSecurityPolicy] =
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-        response.headers[.xContentTypeOptions] = "nosniff"
-        response.headers[HTTPField.Name("Referrer-Policy")!] = "no-referrer"
-        response.headers[HTTPField.Name("X-Frame-Options")!] = "DENY"
+        for field in Self.fields { response.headers[field.name] = field.value }
         return response
     }
 }

@@ -84,6 +84,7 @@ struct VisitorChannel: ServerChildChannel, HTTPChannelHandler {
                         try channel.pipeline.syncOperations.addHandlers(http1.additionalChannelHandlers())
                         try channel.pipeline.syncOperations.addHandler(
                             HTTPConnectionStateHandler(idleTimeout: http1.idleTimeout.map { .init($0) }, logger: logger))
+                        try channel.pipeline.syncOperations.addHandler(LongPollHandler(checks: sockets.checks))
                         let http = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
                             wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
                         if let error = refusal.value { return .refused(http, error) }
@@ -113,13 +114,10 @@ struct VisitorChannel: ServerChildChannel, HTTPChannelHandler {
             case .refused(let http, let error):
                 // The request's parser stopped at the upgrade: answer, and close the connection.
                 try await http.executeThenClose { _, outbound in
-                    let body = ByteBuffer(data: try JSONEncoder().encode(["error": ["code": error.code.rawValue, "message": error.message]]))
-                    var headers: HTTPFields = [
-                        .connection: "close", .contentType: "application/json", .cacheControl: "no-store", .contentLength: String(body.readableBytes),
-                    ]
-                    if let seconds = error.retryAfterSeconds { headers[.retryAfter] = String(seconds) }
-                    try await outbound.write(
-                        contentsOf: [.head(HTTPResponse(status: .init(code: error.httpStatus), headerFields: headers)), .body(body), .end(nil)])
+                    var (head, body) = error.jsonResponse
+                    head.headerFields[.connection] = "close"
+                    head.headerFields[.contentLength] = String(body.count)
+                    try await outbound.write(contentsOf: [.head(head), .body(ByteBuffer(data: body)), .end(nil)])
                 }
             }
         } catch {
@@ -132,17 +130,18 @@ struct VisitorChannel: ServerChildChannel, HTTPChannelHandler {
 /// and on shutdown lets them tell their visitors to move before the process ends.
 final class VisitorSockets: Service, Sendable {
     private let api: VisitorAPI
-    private let origins: OriginMiddleware<VisitorRequestContext>
+    let checks: VisitorChecks
     private let pingInterval: Duration
     private let open = Mutex<[ObjectIdentifier: VisitorSocket]>([:])
 
     init(api: VisitorAPI, allowedOrigins: [String], pingInterval: Duration = .seconds(30)) {
         self.api = api
-        self.origins = OriginMiddleware(allowed: allowedOrigins)
+        self.checks = VisitorChecks(api: api, origins: OriginMiddleware(allowed: allowedOrigins))
         self.pingInterval = pingInterval
     }
 
     var count: Int { open.withLock { $0.count } }
+    private static let pingSlices = 30
 
     /// A socket for an upgrade request that passes the checks every visitor request passes
     /// (path, origin, token and identity, cursor, the address's connection cap), or why not.
@@ -155,44 +154,11 @@ final class VisitorSockets: Service, Sendable {
     }
 
     private func check(_ head: HTTPRequestHead, peer: SocketAddress?) throws -> VisitorSocket {
-        let uri = URI(head.uri)
-        let path = uri.path.split(separator: "/", omittingEmptySubsequences: false)
-        guard path.count == 5, path[0].isEmpty, path[1] == "v1", path[2] == "conversations", path[4] == "ws" else {
-            throw ParleyError(.notFound, "no WebSocket here: visitors connect to /v1/conversations/{id}/ws")
-        }
-        if let origin = head.headers.first(name: "Origin"), !origins.isAllowed(origin: origin, host: head.headers.first(name: "Host")) {
-            throw ParleyError(.forbidden, "requests from \(origin.prefix(100)) are not allowed here")
-        }
-        var token: String?
-        if let header = head.headers.first(name: "Authorization"), header.hasPrefix("Bearer ") {
-            token = String(header.dropFirst(7))
-        } else {
-            token = Self.cookie(VisitorAPI.tokenCookieName, in: head.headers["Cookie"])
-        }
-        let query = uri.queryParameters
-        let id = try api.authorize(
-            id: String(path[3]), token: token,
-            userID: head.headers.first(name: "X-Parley-User-Id") ?? query["user_id"].map(String.init),
-            userHash: head.headers.first(name: "X-Parley-User-Hash") ?? query["user_hash"].map(String.init))
-        let cursor = try Validate.cursor(query["after"].map(String.init))
-        let address = api.clients.of(peer: peer, forwardedFor: head.headers["X-Forwarded-For"])
-        guard api.connectionCaps.held(address) < api.connectionCaps.limit else {
-            api.rateLimited.increment()
-            throw ParleyError.rateLimited(retryAfter: .seconds(5), "too many open connections from this address")
-        }
-        let typing = api.hub.existing(id)?.ephemeral(after: .max).generation ?? 0
-        return VisitorSocket(id: id, cursor: cursor, typing: typing, address: address, api: api, sockets: self)
-    }
-
-    /// The value of cookie `name` in `Cookie` header lines.
-    static func cookie(_ name: String, in lines: [String]) -> String? {
-        for line in lines {
-            for pair in line.split(separator: ";") {
-                let pair = pair.trimmingCharacters(in: .whitespaces)
-                if pair.hasPrefix(name + "=") { return String(pair.dropFirst(name.count + 1)) }
-            }
-        }
-        return nil
+        let admitted = try checks.admit(
+            uri: head.uri, leaf: "ws", peer: peer, header: { head.headers.first(name: $0) }, values: { head.headers[$0] })
+        let cursor = try Validate.cursor(admitted.uri.queryParameters["after"].map(String.init))
+        let typing = api.hub.existing(admitted.id)?.ephemeral(after: .max).generation ?? 0
+        return VisitorSocket(id: admitted.id, cursor: cursor, typing: typing, address: admitted.address, api: api, sockets: self)
     }
 
     func opened(_ socket: VisitorSocket) { open.withLock { $0[ObjectIdentifier(socket)] = socket } }
@@ -200,11 +166,20 @@ final class VisitorSockets: Service, Sendable {
 
     func run() async throws {
         // One timer for every socket: each interval a ping; a socket that sent nothing at all
-        // since the last one (not even the pong) is taken for dead and closed.
+        // since the last one (not even the pong) is taken for dead and closed. The pings go out in
+        // slices, one every `pingSlices`-th of the interval: 19,000 pings at once held the event
+        // loops long enough to show in the delivery latency of the visitors waiting behind them.
+        var due: [VisitorSocket] = []
+        var perSlice = 1
         while !Task.isShuttingDownGracefully {
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.pingInterval) }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.pingInterval / Self.pingSlices) }
             if Task.isShuttingDownGracefully { break }
-            for socket in open.withLock({ Array($0.values) }) { socket.keepAlive() }
+            if due.isEmpty {
+                due = open.withLock { Array($0.values) }
+                perSlice = max(1, (due.count + Self.pingSlices - 1) / Self.pingSlices)
+            }
+            for socket in due.suffix(perSlice) { socket.keepAlive() }
+            due.removeLast(min(perSlice, due.count))
         }
         // The node lifecycle, shut down before this service, has told every conversation to move,
         // and each socket is telling its visitor. Give them a moment, then close what is left.

@@ -1,6 +1,7 @@
 """The cluster through its public APIs: real executables, HAProxy, PostgreSQL."""
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -213,6 +214,49 @@ def test_websocket_keeps_order_answers_pings_and_moves_on_drain(cluster):
     opcode, frame = ws.recv_data_frame(control_frame=True)
     assert opcode == websocket.ABNF.OPCODE_CLOSE
     ws.shutdown()
+
+
+def read_http_responses(raw, count):
+    """Reads `count` HTTP/1.1 responses (with Content-Length) from a socket: [(status, body)]."""
+    data, responses = b"", []
+    raw.settimeout(15)
+    while len(responses) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = data[:head_end].decode()
+            length = int(next(line.split(":", 1)[1] for line in head.split("\r\n") if line.lower().startswith("content-length:")))
+            if len(data) >= head_end + 4 + length:
+                responses.append((int(head.split()[1]), json.loads(data[head_end + 4:head_end + 4 + length])))
+                data = data[head_end + 4 + length:]
+                continue
+        chunk = raw.recv(65536)
+        assert chunk, f"connection closed after {len(responses)} responses"
+        data += chunk
+    return responses
+
+
+def test_waiting_long_polls_answer_at_their_deadline_and_in_request_order(cluster):
+    visitor, agent = open_conversation(cluster)
+    gateway = cluster.visitor_gateways[visitor.node]
+    path = f"/v1/conversations/{visitor.conversation}/events"
+    # Nothing after the cursor: the poll answers at its deadline, with an empty page and the
+    # headers every API response has.
+    response = requests.get(f"http://127.0.0.1:{gateway.http}{path}", params={"after": 1, "wait": 1}, headers=visitor.headers, timeout=10)
+    assert response.status_code == 200 and response.json()["events"] == [] and response.json()["last_seq"] == 1, response.text
+    assert response.headers["X-Content-Type-Options"] == "nosniff" and "parley_node=" in response.headers["Set-Cookie"]
+    # Requests pipelined behind a waiting poll on one connection are answered after it, in order.
+    auth = f"Authorization: Bearer {visitor.token}\r\n"
+    with socket.create_connection(("127.0.0.1", gateway.http)) as raw:
+        raw.sendall((f"GET {path}?after=1&wait=1 HTTP/1.1\r\nHost: vg\r\n{auth}\r\n"
+                     f"GET {path}?after=0&wait=0 HTTP/1.1\r\nHost: vg\r\n{auth}\r\n"
+                     f"GET {path}?after=0&wait=5 HTTP/1.1\r\nHost: vg\r\n{auth}\r\n").encode())
+        (s1, first), (s2, second), (s3, third) = read_http_responses(raw, 3)
+    assert (s1, s2, s3) == (200, 200, 200)
+    assert first["events"] == [] and [e["seq"] for e in second["events"]] == [1] and [e["seq"] for e in third["events"]] == [1]
+    # A poll the checks refuse gets the router's JSON error, like any other request.
+    refused = requests.get(f"http://127.0.0.1:{gateway.http}{path}", params={"after": 0, "wait": 5},
+                           headers={"Authorization": "Bearer pv1.k1.nope.0.AAAA"}, timeout=10)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
 
 
 def test_agent_reply_is_delivered_only_to_the_pinned_node(cluster):
