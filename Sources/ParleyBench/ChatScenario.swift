@@ -190,8 +190,10 @@ public enum ChatScenario {
                     try? await Task.sleep(for: .milliseconds(1))
                 }
             }
-            // Every acknowledged message must arrive.
-            try? await waitFor("deliveries", seconds: options.drainSeconds) { tracker.outstanding == 0 }
+            // Every acknowledged message must arrive. A WebSocket send returns before its ack, so the
+            // last sends are still in flight here: wait for their acks too, or an ack landing after
+            // this wait would count its message as lost, and the ones still out as unacknowledged.
+            try? await waitFor("deliveries", seconds: options.drainSeconds) { tracker.outstanding == 0 && tracker.inFlight == 0 }
             let window = options.watch.reduce(into: [String: Double]()) { result, entry in
                 result[entry.key] = ((cpuSeconds(entry.value) - (cpuBefore[entry.key] ?? 0)) * 1000).rounded() / 1000
             }

@@ -142,6 +142,9 @@ public final class DeliveryTracker: Sendable {
     /// Acknowledged messages the other party has not received yet.
     public var outstanding: Int { state.withLock { $0.sent.values.filter { $0.acked && !$0.received }.count } }
 
+    /// Messages sent and neither acknowledged nor refused yet (a WebSocket send returns before its ack).
+    public var inFlight: Int { state.withLock { s in s.sent.count - s.sent.values.filter(\.acked).count - s.sendErrors } }
+
     public struct Counts: Codable, Sendable {
         public var scheduled: Int
         public var acknowledged: Int
@@ -152,20 +155,25 @@ public final class DeliveryTracker: Sendable {
         /// Neither acknowledged nor refused when the run ended (still queued on a reconnecting socket).
         public var unacknowledged: Int
         public var deliveredMeasured: Int
+        /// A few lost messages, to look for: "conversation reader client_msg_id".
+        public var lostSamples: [String]
         enum CodingKeys: String, CodingKey {
             case scheduled, acknowledged, lost, duplicates, reordered, unacknowledged
             case sendErrors = "send_errors"
             case deliveredMeasured = "delivered_measured"
+            case lostSamples = "lost_samples"
         }
     }
 
     public var counts: Counts {
         state.withLock { s in
-            Counts(
+            let lost = s.sent.filter { $0.value.acked && !$0.value.received }
+            return Counts(
                 scheduled: s.sent.count, acknowledged: s.sent.values.filter(\.acked).count,
-                lost: s.sent.values.filter { $0.acked && !$0.received }.count, duplicates: s.duplicates, reordered: s.reordered,
+                lost: lost.count, duplicates: s.duplicates, reordered: s.reordered,
                 sendErrors: s.sendErrors, unacknowledged: s.sent.count - s.sent.values.filter(\.acked).count - s.sendErrors,
-                deliveredMeasured: s.deliveredMeasured)
+                deliveredMeasured: s.deliveredMeasured,
+                lostSamples: lost.prefix(10).map { "\($0.value.conversation) \($0.value.to.rawValue) \($0.key)" })
         }
     }
 }
