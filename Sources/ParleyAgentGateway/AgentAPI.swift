@@ -21,6 +21,7 @@ struct AgentAPI: Sendable {
     let feed: AgentFeed
     let secureCookies: Bool
     let throttle = LoginThrottle()
+    let sessions = SessionCache()
 
     static let sessionCookie = "parley_agent_session"
 
@@ -72,6 +73,7 @@ struct AgentAPI: Sendable {
         api.delete("session") { request, context in
             let (agent, token) = try await authenticate(request, context, stateChanging: true)
             try await agents.deleteSession(token)
+            sessions.forget(token)
             try await audit.record(actor: AuditLog.agent(agent.id), action: AuditLog.Action.logout)
             return try JSONBody.response(["ok": true], headers: [.setCookie: cookie("", maxAge: 0)])
         }
@@ -246,7 +248,7 @@ struct AgentAPI: Sendable {
             }
             token = cookie
         }
-        guard let token, !token.isEmpty, let agent = try await agents.agent(forSession: token) else {
+        guard let token, !token.isEmpty, let agent = try await sessions.agent(forSession: token, lookup: agents.agent(forSession:)) else {
             throw ParleyError(.unauthorized, "log in first")
         }
         guard let held = AgentRole(rawValue: agent.role), held >= role else {

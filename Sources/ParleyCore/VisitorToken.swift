@@ -93,7 +93,7 @@ public struct IdentityVerifier: Sendable {
 
     /// What the customer's backend computes: the lowercase hex HMAC of the user id.
     public func hash(userID: String) -> String {
-        HMAC<SHA256>.authenticationCode(for: Data(userID.utf8), using: SymmetricKey(data: secret)).map { String(format: "%02x", $0) }.joined()
+        HMAC<SHA256>.authenticationCode(for: Data(userID.utf8), using: SymmetricKey(data: secret)).lowercaseHex
     }
 
     /// Checks a user id and its hash in constant time; throws `unauthorized` otherwise.

@@ -66,3 +66,10 @@ import Testing
         #expect(Timestamp.parse("yesterday") == nil)
     }
 }
+
+@Suite struct HexTests {
+    @Test func bytesBecomeLowercaseHexTwoDigitsEach() {
+        #expect([UInt8]().lowercaseHex == "")
+        #expect([0x00, 0x0f, 0xa0, 0xff].lowercaseHex == "000fa0ff")
+    }
+}

@@ -444,6 +444,21 @@ def test_bad_input_gets_clear_errors_and_stores_nothing(cluster):
     assert requests.post(f"{cluster.agent_url()}/v1/agent/conversations/{visitor.conversation}/close", cookies=jar, timeout=10).status_code == 403
 
 
+def test_logging_out_or_being_disabled_ends_a_session(cluster):
+    email, password = cluster.new_agent("Leaving")
+    agent = AgentClient(cluster.agent_url("ag-1"), email, password)
+    elsewhere = AgentClient(cluster.agent_url("ag-2"), email, password)
+    assert agent.get("/v1/agent/me").status_code == 200 and elsewhere.get("/v1/agent/me").status_code == 200
+    # Logging out ends the session at once, on the gateway that took the logout.
+    assert requests.delete(f"{agent.base}/v1/agent/session", headers=agent.headers, timeout=10).status_code == 200
+    assert agent.get("/v1/agent/me").status_code == 401
+    # Disabling the agent ends every other session too: gateways remember a session for at most
+    # a second before asking the database again.
+    cluster.ctl("agents", "disable", email)
+    wait_until(lambda: elsewhere.get("/v1/agent/me").status_code == 401, timeout=10, what="the disabled agent's session refused")
+    assert elsewhere.reply(str(uuid.uuid4()), "still here?").status_code == 401
+
+
 def test_close_ends_the_conversation_for_both_sides(cluster):
     visitor, agent = open_conversation(cluster)
     closed = agent.post(f"/v1/agent/conversations/{visitor.conversation}/close")
