@@ -73,3 +73,32 @@ import Testing
         #expect(throws: ParleyError.self) { try signer.verify(anonymous, conversationID: conversation, userID: "alice") }
     }
 }
+
+@Suite struct Base64URLTests {
+    @Test func encodesTheRFC4648VectorsWithoutPadding() {
+        let vectors = ["": "", "f": "Zg", "fo": "Zm8", "foo": "Zm9v", "foob": "Zm9vYg", "fooba": "Zm9vYmE", "foobar": "Zm9vYmFy"]
+        for (plain, encoded) in vectors {
+            #expect(Base64URL.encode(Data(plain.utf8)) == encoded)
+            #expect(Base64URL.decode(encoded) == Data(plain.utf8))
+        }
+        #expect(Base64URL.encode(Data([0xfb, 0xff])) == "-_8")
+    }
+
+    @Test func agreesWithFoundationOnEveryLength() {
+        var generator = SystemRandomNumberGenerator()
+        for length in 0...70 {
+            let bytes = Data((0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) })
+            let reference = bytes.base64EncodedString().replacingOccurrences(of: "+", with: "-")
+                .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+            #expect(Base64URL.encode(bytes) == reference)
+            #expect(Base64URL.decode(reference) == bytes)
+        }
+    }
+
+    @Test func refusesAnythingButTheCanonicalSpelling() {
+        // A lone character, padding, the standard alphabet, and unused low bits that are not zero.
+        for text in ["Z", "Zg==", "Zm9v=", "Zm+v", "Zm/v", "Zh", "Zm9", "Zm9vYh", "Zm é"] {
+            #expect(Base64URL.decode(text) == nil, "\(text)")
+        }
+    }
+}
