@@ -35,6 +35,9 @@ public enum HAProxyConfig {
                 # The visitor gateways' per-client limits read the client's address from here
                 # (their trusted.proxies setting names this load balancer).
                 option forwardfor
+                # SSE events are small chunks of a response that has not ended: by default HAProxy
+                # sends them with MSG_MORE and the kernel holds each up to 200 ms for more.
+                option http-no-delay
                 retries 2
 
             frontend parley_visitors

@@ -19,6 +19,7 @@ import Testing
         let second = try #require(config.range(of: "server vg-2"))
         #expect(first.lowerBound < second.lowerBound)
         #expect(config.contains("timeout tunnel"))
+        #expect(config.contains("option http-no-delay"))
     }
 
     @Test func refusesNodeIDsThatWouldInjectConfiguration() {
