@@ -80,6 +80,9 @@ public final class DeliveryTracker: Sendable {
         var reordered = 0
         var deliveredMeasured = 0
         var sendErrors = 0
+
+        /// Sent and neither acknowledged nor refused yet.
+        var inFlight: Int { sent.count - sent.values.filter(\.acked).count - sendErrors }
     }
 
     private let state = Mutex(State())
@@ -143,7 +146,7 @@ public final class DeliveryTracker: Sendable {
     public var outstanding: Int { state.withLock { $0.sent.values.filter { $0.acked && !$0.received }.count } }
 
     /// Messages sent and neither acknowledged nor refused yet (a WebSocket send returns before its ack).
-    public var inFlight: Int { state.withLock { s in s.sent.count - s.sent.values.filter(\.acked).count - s.sendErrors } }
+    public var inFlight: Int { state.withLock { $0.inFlight } }
 
     public struct Counts: Codable, Sendable {
         public var scheduled: Int
@@ -171,7 +174,7 @@ public final class DeliveryTracker: Sendable {
             return Counts(
                 scheduled: s.sent.count, acknowledged: s.sent.values.filter(\.acked).count,
                 lost: lost.count, duplicates: s.duplicates, reordered: s.reordered,
-                sendErrors: s.sendErrors, unacknowledged: s.sent.count - s.sent.values.filter(\.acked).count - s.sendErrors,
+                sendErrors: s.sendErrors, unacknowledged: s.inFlight,
                 deliveredMeasured: s.deliveredMeasured,
                 lostSamples: lost.prefix(10).map { "\($0.value.conversation) \($0.value.to.rawValue) \($0.key)" })
         }

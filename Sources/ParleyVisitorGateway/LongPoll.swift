@@ -139,18 +139,22 @@ final class LongPollHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        drop()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        drop()
+        self.context = nil
+    }
+
+    /// The connection is gone: no answer, and the poll's slot is free again.
+    private func drop() {
         timer?.cancel()
         timer = nil
         poll?.abandon()
         poll = nil
         held.removeAll()
-        context.fireChannelInactive()
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        timer?.cancel()
-        poll?.abandon()
-        self.context = nil
     }
 }
 

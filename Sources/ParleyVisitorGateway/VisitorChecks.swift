@@ -6,9 +6,9 @@ import ParleyCore
 import ParleyRuntime
 
 /// The checks of the visitor API, for the requests served below the router (WebSocket
-/// upgrades and waiting long-polls), in the router's order: path, origin, token and identity,
-/// the client address's connection cap. A request these refuse goes to the router or is
-/// answered with the same JSON error the router gives.
+/// upgrades and waiting long-polls), in the router's order: path, origin, token and identity.
+/// A request these refuse goes to the router or is answered with the same JSON error the
+/// router gives. The address's connection cap is each caller's to take.
 struct VisitorChecks: Sendable {
     let api: VisitorAPI
     let origins: OriginMiddleware<VisitorRequestContext>
@@ -41,12 +41,7 @@ struct VisitorChecks: Sendable {
             id: String(path[3]), token: token,
             userID: header("X-Parley-User-Id") ?? query["user_id"].map(String.init),
             userHash: header("X-Parley-User-Hash") ?? query["user_hash"].map(String.init))
-        let address = api.clients.of(peer: peer, forwardedFor: values("X-Forwarded-For"))
-        guard api.connectionCaps.held(address) < api.connectionCaps.limit else {
-            api.rateLimited.increment()
-            throw ParleyError.rateLimited(retryAfter: .seconds(5), "too many open connections from this address")
-        }
-        return Admitted(id: id, uri: uri, address: address)
+        return Admitted(id: id, uri: uri, address: api.clients.of(peer: peer, forwardedFor: values("X-Forwarded-For")))
     }
 
     /// The value of cookie `name` in `Cookie` header lines.

@@ -146,17 +146,19 @@ final class VisitorSockets: Service, Sendable {
     /// A socket for an upgrade request that passes the checks every visitor request passes
     /// (path, origin, token and identity, cursor, the address's connection cap), or why not.
     func admit(_ head: HTTPRequestHead, peer: SocketAddress?) -> Result<VisitorSocket, ParleyError> {
-        do {
-            return .success(try check(head, peer: peer))
-        } catch {
-            return .failure(error as? ParleyError ?? ParleyError(.invalidRequest, "bad WebSocket request"))
-        }
+        Result { try check(head, peer: peer) }.mapError { $0 as? ParleyError ?? ParleyError(.invalidRequest, "bad WebSocket request") }
     }
 
     private func check(_ head: HTTPRequestHead, peer: SocketAddress?) throws -> VisitorSocket {
         let admitted = try checks.admit(
             uri: head.uri, leaf: "ws", peer: peer, header: { head.headers.first(name: $0) }, values: { head.headers[$0] })
         let cursor = try Validate.cursor(admitted.uri.queryParameters["after"].map(String.init))
+        // A look at the cap, so a refusal is a 429 before the upgrade; the slot itself is taken
+        // when the socket opens (`VisitorSocket.opened`).
+        guard api.connectionCaps.held(admitted.address) < api.connectionCaps.limit else {
+            api.rateLimited.increment()
+            throw ParleyError.rateLimited(retryAfter: .seconds(5), "too many open connections from this address")
+        }
         let typing = api.hub.existing(admitted.id)?.ephemeral(after: .max).generation ?? 0
         return VisitorSocket(id: admitted.id, cursor: cursor, typing: typing, address: admitted.address, api: api, sockets: self)
     }
@@ -305,12 +307,16 @@ final class VisitorSocket: Sendable {
             return state.channel
         }
         guard let channel else { return }
-        var data = channel.allocator.buffer(capacity: 2 + reason.utf8.count)
-        data.write(webSocketErrorCode: code)
-        data.writeString(reason)
-        channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)).whenComplete { _ in
+        channel.writeAndFlush(Self.closeFrame(code, reason: reason, allocator: channel.allocator)).whenComplete { _ in
             channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
         }
+    }
+
+    static func closeFrame(_ code: WebSocketErrorCode, reason: String = "", allocator: ByteBufferAllocator) -> WebSocketFrame {
+        var data = allocator.buffer(capacity: 2 + reason.utf8.count)
+        data.write(webSocketErrorCode: code)
+        data.writeString(reason)
+        return WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
     }
 
     // MARK: Delivery
@@ -487,10 +493,8 @@ final class VisitorSocketHandler: ChannelDuplexHandler {
             } else {
                 var data = frame.unmaskedData
                 let code = data.readWebSocketErrorCode() ?? .normalClosure
-                var reply = context.channel.allocator.buffer(capacity: 2)
-                reply.write(webSocketErrorCode: code)
                 let channel = context.channel
-                context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: reply))).whenComplete { _ in
+                context.writeAndFlush(wrapOutboundOut(VisitorSocket.closeFrame(code, allocator: channel.allocator))).whenComplete { _ in
                     channel.close(promise: nil)
                 }
             }
