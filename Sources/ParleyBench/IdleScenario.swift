@@ -9,6 +9,8 @@ public enum IdleWorker {
         public var visitors: Int
         public var received: Int
         public var latency: LatencySummary
+        /// The latency histogram's buckets (see `LatencyRecorder.buckets`), for merging workers.
+        public var latencyBuckets: [[UInt64]]
         public var duplicates: Int
         public var reordered: Int
     }
@@ -47,7 +49,8 @@ public enum IdleWorker {
             background.cancelAll()
             let counts = tracker.counts
             return Result(
-                visitors: visitors.count, received: counts.deliveredMeasured, latency: tracker.toVisitor.summary, duplicates: counts.duplicates,
+                visitors: visitors.count, received: counts.deliveredMeasured, latency: tracker.toVisitor.summary, latencyBuckets: tracker.toVisitor.buckets,
+                duplicates: counts.duplicates,
                 reordered: counts.reordered)
         }
     }

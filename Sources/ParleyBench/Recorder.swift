@@ -54,6 +54,12 @@ public final class LatencyRecorder: Sendable {
     }
 
     public var summary: LatencySummary { histogram.withLock { LatencySummary($0) } }
+
+    /// Every non-empty bucket as `[highest value in µs, count]`, so that histograms of several
+    /// processes can be merged into one distribution instead of compared percentile by percentile.
+    public var buckets: [[UInt64]] {
+        histogram.withLock { histogram in histogram.recordedValues().map { [$0.value, UInt64($0.count)] } }
+    }
 }
 
 /// Who reads a conversation: the visitor, or the agents' feed.

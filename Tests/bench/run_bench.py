@@ -9,6 +9,7 @@ starts clusters, reads /proc, and writes the report.
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -279,9 +280,32 @@ class Bench:
 
 
 def merge_latency(results):
-    """The idle workers' histograms are separate; the report keeps the worst of each percentile."""
-    keys = ["p50", "p90", "p99", "p999", "max"]
-    return {k: max(r["latency"][k] for r in results) for k in keys} | {"count": sum(r["latency"]["count"] for r in results)}
+    """One distribution from the idle workers' histograms: their buckets are added, then read
+    as HdrHistogram reads a percentile (the bucket holding the count-th value, rounded up)."""
+    buckets = {}
+    for r in results:
+        for value, count in r.get("latencyBuckets", []):
+            buckets[value] = buckets.get(value, 0) + count
+    total = sum(buckets.values())
+    ordered = sorted(buckets.items())
+
+    def at(percentile):
+        if total == 0:
+            return 0.0
+        # One ulp below the percentile, as HdrHistogram does, so 99 % of 2,000 is the 1,980th value.
+        wanted = max(1, math.ceil(math.nextafter(percentile, 0) * total / 100))
+        seen = 0
+        for value, count in ordered:
+            seen += count
+            if seen >= wanted:
+                return value / 1000
+        return ordered[-1][0] / 1000
+
+    merged = {"p50": at(50), "p90": at(90), "p99": at(99), "p999": at(99.9),
+              "max": max((r["latency"]["max"] for r in results), default=0.0), "count": total}
+    # Kept beside the merged figure: how far the busiest worker's own tail lies from it.
+    merged["worst_worker_p99"] = max((r["latency"]["p99"] for r in results), default=0.0)
+    return merged
 
 
 def summary_table(report):
