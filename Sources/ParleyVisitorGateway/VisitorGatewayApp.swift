@@ -106,7 +106,9 @@ public enum VisitorGatewayApp {
         let http1 = HTTP1Channel.Configuration(idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds)))
         let app = Application(
             router: router,
-            server: HTTPServerBuilder { responder in VisitorChannel(responder: responder, http1: http1, sockets: sockets) },
+            server: HTTPServerBuilder { responder in
+                VisitorChannel(responder: VisitorChannel.eachRequestInItsOwnTask(responder), http1: http1, sockets: sockets)
+            },
             configuration: .init(address: .hostname(configuration.httpListen.host, port: configuration.httpListen.port), serverName: nil),
             logger: logger)
 

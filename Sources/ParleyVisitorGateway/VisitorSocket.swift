@@ -103,6 +103,23 @@ struct VisitorChannel: ServerChildChannel, HTTPChannelHandler {
         }
     }
 
+    /// Runs each request in a child task of the connection's task.
+    ///
+    /// A task keeps the allocator slabs of the deepest call it ever made until it ends. An HTTP
+    /// connection's task lives as long as the connection, so without this every keep-alive
+    /// connection would hold the slabs of its deepest request (a conversation's start: router,
+    /// middleware, body, relay call) while it sits idle in a long-poll. A child task gives
+    /// them back when the request is answered, for the price of one task per request.
+    static func eachRequestInItsOwnTask(_ responder: @escaping HTTPChannelHandler.Responder) -> HTTPChannelHandler.Responder {
+        { request, writer, channel in
+            let handOver = WriterHandOver(writer)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await responder(request, handOver.take(), channel) }
+                try await group.next()
+            }
+        }
+    }
+
     func handle(value: Value, logger: Logger) async {
         do {
             switch try await value.negotiated.get() {
@@ -124,6 +141,16 @@ struct VisitorChannel: ServerChildChannel, HTTPChannelHandler {
             logger.debug("connection ended before its first request", metadata: ["parley.error": "\(error)"])
         }
     }
+}
+
+/// Moves a request's `ResponseWriter` (non-copyable, and not `Sendable`) into the child task
+/// that answers it. Taken exactly once, while the connection's task waits for that child.
+private final class WriterHandOver: @unchecked Sendable {
+    private var writer: ResponseWriter?
+
+    init(_ writer: consuming ResponseWriter) { self.writer = consume writer }
+
+    func take() -> ResponseWriter { writer.take()! }
 }
 
 /// Every open visitor socket of this gateway: admits upgrades, pings them all from one timer,
