@@ -31,8 +31,7 @@ final class LongPollHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var timer: Scheduled<Void>?
     private var context: ChannelHandlerContext?
     /// Requests that came behind the poll (pipelined), handled after it. Bounded.
-    private var held: [HTTPRequestPart] = []
-    private static let heldLimit = 64
+    private var held = PipelinedParts()
 
     init(checks: VisitorChecks) {
         self.checks = checks
@@ -41,11 +40,7 @@ final class LongPollHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
         guard held.isEmpty, poll == nil || !pollRequestComplete else {
-            guard held.count < Self.heldLimit else {
-                context.close(promise: nil)
-                return
-            }
-            held.append(part)
+            if !held.hold(part) { context.close(promise: nil) }
             return
         }
         process(part, context: context)
@@ -128,7 +123,7 @@ final class LongPollHandler: ChannelDuplexHandler, RemovableChannelHandler {
         // hands what was passed on to Hummingbird, which collects parts until one comes.
         guard !held.isEmpty else { return }
         while !held.isEmpty, self.poll == nil || !pollRequestComplete {
-            process(held.removeFirst(), context: context)
+            process(held.next(), context: context)
         }
         context.fireChannelReadComplete()
     }
@@ -268,4 +263,25 @@ final class LongPoll: Sendable {
         api.connections.closed(api.connected)
         if let result { ended.respond?(result) }
     }
+}
+
+/// Request parts a client pipelined behind a request still being answered, kept in order for
+/// when it is. Bounded: a client that pipelines more is disconnected.
+struct PipelinedParts {
+    private var parts: [HTTPRequestPart] = []
+    private static let limit = 64
+
+    var isEmpty: Bool { parts.isEmpty }
+
+    /// Keeps `part`; false when the client is over the limit (close the connection).
+    mutating func hold(_ part: HTTPRequestPart) -> Bool {
+        guard parts.count < Self.limit else { return false }
+        parts.append(part)
+        return true
+    }
+
+    /// The oldest part held; only when there is one.
+    mutating func next() -> HTTPRequestPart { parts.removeFirst() }
+
+    mutating func removeAll() { parts.removeAll() }
 }

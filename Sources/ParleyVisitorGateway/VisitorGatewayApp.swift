@@ -104,11 +104,12 @@ public enum VisitorGatewayApp {
         api.register(on: router)
         let sockets = VisitorSockets(api: api, allowedOrigins: configuration.allowedOrigins)
         let http1 = HTTP1Channel.Configuration(idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds)))
+        let responder = router.buildResponder()
+        let routed = RoutedResponder(router: responder, logger: logger)
         let app = Application(
-            router: router,
-            server: HTTPServerBuilder { responder in
-                VisitorChannel(responder: VisitorChannel.eachRequestInItsOwnTask(responder), http1: http1, sockets: sockets)
-            },
+            responder: responder,
+            // Requests reach the router through `RoutedRequestHandler`, not Hummingbird's own loop.
+            server: HTTPServerBuilder { _ in VisitorChannel(responder: routed, http1: http1, sockets: sockets) },
             configuration: .init(address: .hostname(configuration.httpListen.host, port: configuration.httpListen.port), serverName: nil),
             logger: logger)
 

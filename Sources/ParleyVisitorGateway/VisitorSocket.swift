@@ -12,18 +12,19 @@ import ParleyRuntime
 import ServiceLifecycle
 import Synchronization
 
-/// The visitor gateway's connections: HTTP/1.1 requests go to Hummingbird's router; an upgrade
-/// to a conversation's WebSocket (`/v1/conversations/{id}/ws`) becomes a `VisitorSocket`.
+/// The visitor gateway's connections: HTTP/1.1 requests go to Hummingbird's router through
+/// `LongPollHandler` and `RoutedRequestHandler`; an upgrade to a conversation's WebSocket
+/// (`/v1/conversations/{id}/ws`) becomes a `VisitorSocket`.
 ///
 /// Why not Hummingbird's WebSocket support: it runs a task per socket for the handler, two more
 /// inside it, async buffers in and out, and a ping timer, and it keeps the upgrade request. An
 /// idle visitor cost ~44 KiB of gateway memory that way. A visitor socket is a NIO handler:
 /// while it is idle it is its channel, its pipeline and one waiter in its conversation's log.
 /// Work (a delivery, a message from the visitor) runs in a task that ends when the work does.
-struct VisitorChannel: ServerChildChannel, HTTPChannelHandler {
+struct VisitorChannel: ServerChildChannel {
     enum Negotiated: Sendable {
-        case socket
-        case http(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+        /// A WebSocket, or HTTP requests: NIO handlers own the channel, no task waits on it.
+        case served
         /// An upgrade the checks refused: answered with the reason, then closed.
         case refused(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, ParleyError)
     }
@@ -33,7 +34,7 @@ struct VisitorChannel: ServerChildChannel, HTTPChannelHandler {
         let channel: any Channel
     }
 
-    let responder: HTTPChannelHandler.Responder
+    let responder: RoutedResponder
     let http1: HTTP1Channel.Configuration
     let sockets: VisitorSockets
 
@@ -72,7 +73,7 @@ struct VisitorChannel: ServerChildChannel, HTTPChannelHandler {
                             NIOWebSocketFrameAggregator(
                                 minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 64, maxAccumulatedFrameSize: Limits.requestBodyMaxBytes))
                         try channel.pipeline.syncOperations.addHandler(VisitorSocketHandler(socket: socket))
-                        return .socket
+                        return .served
                     }
                 })
             let http1 = self.http1
@@ -84,11 +85,14 @@ struct VisitorChannel: ServerChildChannel, HTTPChannelHandler {
                         try channel.pipeline.syncOperations.addHandlers(http1.additionalChannelHandlers())
                         try channel.pipeline.syncOperations.addHandler(
                             HTTPConnectionStateHandler(idleTimeout: http1.idleTimeout.map { .init($0) }, logger: logger))
+                        if let error = refusal.value {
+                            let http = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
+                                wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+                            return .refused(http, error)
+                        }
                         try channel.pipeline.syncOperations.addHandler(LongPollHandler(checks: sockets.checks))
-                        let http = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
-                            wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
-                        if let error = refusal.value { return .refused(http, error) }
-                        return .http(http)
+                        try channel.pipeline.syncOperations.addHandler(RoutedRequestHandler(responder: responder))
+                        return .served
                     }
                 })
             var pipeline = NIOUpgradableHTTPServerPipelineConfiguration<Negotiated>(upgradeConfiguration: upgrade)
@@ -99,35 +103,20 @@ struct VisitorChannel: ServerChildChannel, HTTPChannelHandler {
             pipeline.decoderConfiguration.maxHeaderListSize = http1.httpDecoder.maxHeaderListSize
             pipeline.decoderConfiguration.maxHeaderFieldCount = http1.httpDecoder.maxHeaderFieldCount
             let negotiated = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: pipeline)
+            let firstRequest = FirstRequestGuard(timeout: http1.idleTimeout ?? .seconds(30))
+            try channel.pipeline.syncOperations.addHandler(firstRequest)
+            let bound = NIOLoopBound(firstRequest, eventLoop: channel.eventLoop)
+            negotiated.whenSuccess { _ in bound.value.negotiated() }
             return Value(negotiated: negotiated, channel: channel)
-        }
-    }
-
-    /// Runs each request in a child task of the connection's task.
-    ///
-    /// A task keeps the allocator slabs of the deepest call it ever made until it ends. An HTTP
-    /// connection's task lives as long as the connection, so without this every keep-alive
-    /// connection would hold the slabs of its deepest request (a conversation's start: router,
-    /// middleware, body, relay call) while it sits idle in a long-poll. A child task gives
-    /// them back when the request is answered, for the price of one task per request.
-    static func eachRequestInItsOwnTask(_ responder: @escaping HTTPChannelHandler.Responder) -> HTTPChannelHandler.Responder {
-        { request, writer, channel in
-            let handOver = WriterHandOver(writer)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await responder(request, handOver.take(), channel) }
-                try await group.next()
-            }
         }
     }
 
     func handle(value: Value, logger: Logger) async {
         do {
             switch try await value.negotiated.get() {
-            case .socket:
-                // The socket's handler owns the channel from here: no task waits on it.
+            case .served:
+                // The channel's handlers own it from here: no task waits on it.
                 return
-            case .http(let http):
-                await handleHTTP(asyncChannel: http, logger: logger)
             case .refused(let http, let error):
                 // The request's parser stopped at the upgrade: answer, and close the connection.
                 try await http.executeThenClose { _, outbound in
@@ -138,19 +127,52 @@ struct VisitorChannel: ServerChildChannel, HTTPChannelHandler {
                 }
             }
         } catch {
+            // Nothing watches the connection before its first request parses (no idle timeout
+            // yet): close it, or it would stay open for as long as the client likes.
+            value.channel.close(promise: nil)
             logger.debug("connection ended before its first request", metadata: ["parley.error": "\(error)"])
         }
     }
 }
 
-/// Moves a request's `ResponseWriter` (non-copyable, and not `Sendable`) into the child task
-/// that answers it. Taken exactly once, while the connection's task waits for that child.
-private final class WriterHandOver: @unchecked Sendable {
-    private var writer: ResponseWriter?
+/// Watches a connection until its first request has been read: the idle timeout and the
+/// handlers that answer malformed requests come with that request. A client that sends nothing
+/// for the idle timeout, or something that does not parse, is disconnected.
+private final class FirstRequestGuard: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
 
-    init(_ writer: consuming ResponseWriter) { self.writer = consume writer }
+    private let timeout: TimeAmount
+    private var timer: Scheduled<Void>?
+    private var context: ChannelHandlerContext?
 
-    func take() -> ResponseWriter { writer.take()! }
+    init(timeout: TimeAmount) { self.timeout = timeout }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        let channel = context.channel
+        timer = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        self.context = nil
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Not every error here is the client's: a refused upgrade leaves bytes the parser will
+        // not read, and that connection still gets its answer.
+        guard error is HTTPParserError else {
+            context.fireErrorCaught(error)
+            return
+        }
+        context.close(promise: nil)
+    }
+
+    /// The first request is in: its handlers take over.
+    func negotiated() {
+        guard let context else { return }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
 }
 
 /// Every open visitor socket of this gateway: admits upgrades, pings them all from one timer,

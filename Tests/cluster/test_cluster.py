@@ -2,6 +2,7 @@
 
 import json
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -257,6 +258,66 @@ def test_waiting_long_polls_answer_at_their_deadline_and_in_request_order(cluste
     refused = requests.get(f"http://127.0.0.1:{gateway.http}{path}", params={"after": 0, "wait": 5},
                            headers={"Authorization": "Bearer pv1.k1.nope.0.AAAA"}, timeout=10)
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+
+
+def read_until_closed(raw):
+    """Everything the peer sends until it closes the connection (fails if it stays open 15 s)."""
+    raw.settimeout(15)
+    data = b""
+    while chunk := raw.recv(65536):
+        data += chunk
+    return data
+
+
+def test_malformed_and_oversized_requests_end_the_connection_after_earlier_answers(cluster):
+    gateway = next(iter(cluster.visitor_gateways.values()))
+    # A request that does not parse, pipelined behind a good one: the good one is answered,
+    # then a 400, then the connection closes.
+    with socket.create_connection(("127.0.0.1", gateway.http)) as raw:
+        raw.sendall(b"GET /v1/nothing HTTP/1.1\r\nHost: vg\r\n\r\nNOT HTTP AT ALL\r\n\r\n")
+        data = read_until_closed(raw)
+    first, _, rest = data.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 404") and b'"not_found"' in rest, data
+    assert rest.split(b"}}", 1)[1].startswith(b"HTTP/1.1 400"), data
+    # The RFC 9110 date every response carries.
+    date = next(line for line in first.decode().split("\r\n") if line.lower().startswith("date:"))
+    time.strptime(date.split(":", 1)[1].strip(), "%a, %d %b %Y %H:%M:%S GMT")
+    # Garbage as the first request: the connection is closed, not left open.
+    with socket.create_connection(("127.0.0.1", gateway.http)) as raw:
+        raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        assert b"HTTP/1.1 200" not in read_until_closed(raw)
+    # A body over the limit: a JSON 413, and the connection closes (the rest is not read).
+    with socket.create_connection(("127.0.0.1", gateway.http)) as raw:
+        body = b"x" * 40_000
+        raw.sendall(b"POST /v1/conversations HTTP/1.1\r\nHost: vg\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        data = read_until_closed(raw)
+    assert data.startswith(b"HTTP/1.1 413") and b'"payload_too_large"' in data, data[:300]
+
+
+def test_a_stream_whose_visitor_leaves_is_let_go(cluster):
+    visitor, agent = open_conversation(cluster)
+    gateway = cluster.visitor_gateways[visitor.node]
+
+    def connected():
+        return metric(gateway.metrics(), "parley_gateway_connected_visitors")
+
+    before = connected()
+    raw = socket.create_connection(("127.0.0.1", gateway.http))
+    raw.sendall((f"GET /v1/conversations/{visitor.conversation}/stream?after=0 HTTP/1.1\r\nHost: vg\r\n"
+                 f"Authorization: Bearer {visitor.token}\r\n\r\n").encode())
+    raw.settimeout(15)
+    received = b""
+    while b"data: " not in received:  # the stream is past its first read and waiting for news
+        chunk = raw.recv(65536)
+        assert chunk, received
+        received += chunk
+    assert received.startswith(b"HTTP/1.1 200"), received
+    wait_until(lambda: connected() == before + 1, timeout=10, what="the stream counted")
+    # The visitor's machine drops the connection (a reset, as when a network goes away).
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()
+    wait_until(lambda: connected() == before, timeout=10, what="the stream let go")
 
 
 def test_agent_reply_is_delivered_only_to_the_pinned_node(cluster):
