@@ -2,6 +2,7 @@
 with a JSON error, and nothing refused is stored."""
 
 import concurrent.futures
+import socket
 import uuid
 
 import requests
@@ -162,5 +163,24 @@ def test_one_address_holds_a_bounded_number_of_connections(cluster):
                                  headers=auth, timeout=10).status_code == 201
             assert all(f.result().status_code == 200 for f in waiting)
         wait_until(lambda: requests.get(url, params={"wait": 0}, headers=auth, timeout=10).status_code == 200, what="slot returned")
+    finally:
+        gateway.stop()
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_idle_timeout(cluster):
+    gateway = cluster.add_visitor_gateway("vg-quiet", extra_args=["--http-idle-timeout", "1"])
+    wait_until(lambda: gateway.health().status_code == 200, what="vg-quiet up")
+    try:
+        with socket.create_connection(("127.0.0.1", gateway.http)) as silent, \
+                socket.create_connection(("127.0.0.1", gateway.http)) as answered:
+            answered.sendall(b"GET /v1/nothing HTTP/1.1\r\nHost: vg\r\n\r\n")
+            for connection in (silent, answered):
+                connection.settimeout(15)
+            # Closed before its first request as after its last: neither holds a socket for ever.
+            assert silent.recv(1) == b""
+            data = b""
+            while chunk := answered.recv(65536):
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 404"), data
     finally:
         gateway.stop()
