@@ -190,6 +190,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "ParleyVisitorGatewayTests",
+            dependencies: ["ParleyVisitorGateway"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "ParleyStoreTests",
             dependencies: ["ParleyCore", "ParleyStore"],
             swiftSettings: swiftSettings

@@ -221,17 +221,11 @@ final class VisitorSockets: Service, Sendable {
         // slices, one every `pingSlices`-th of the interval (100 ms): a slice holds an event loop
         // while it writes, and a delivery due then waits. 19,000 pings at once took delivery p99
         // to seconds; 633 a second (30 slices) still put it at 32-35 ms; 63 every 100 ms, 17-18 ms.
-        var due: [VisitorSocket] = []
-        var perSlice = 1
+        var sweep = PingSweep<VisitorSocket>(slices: Self.pingSlices)
         while !Task.isShuttingDownGracefully {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.pingInterval / Self.pingSlices) }
             if Task.isShuttingDownGracefully { break }
-            if due.isEmpty {
-                due = open.withLock { Array($0.values) }
-                perSlice = max(1, (due.count + Self.pingSlices - 1) / Self.pingSlices)
-            }
-            for socket in due.suffix(perSlice) { socket.keepAlive() }
-            due.removeLast(min(perSlice, due.count))
+            for socket in sweep.next(open: { open.withLock { Array($0.values) } }) { socket.keepAlive() }
         }
         // The node lifecycle, shut down before this service, has told every conversation to move,
         // and each socket is telling its visitor. Give them a moment, then close what is left.
@@ -240,6 +234,30 @@ final class VisitorSockets: Service, Sendable {
             try? await Task.sleep(for: .milliseconds(20))
         }
         for socket in open.withLock({ Array($0.values) }) { socket.close(code: .goingAway, reason: "shutting down") }
+    }
+}
+
+/// Which sockets to ping at each slice of the ping interval: every socket open when the
+/// interval began, spread evenly over its slices. A sweep takes the whole interval however few
+/// sockets there are, so each is pinged once per interval, not once per slice.
+struct PingSweep<Socket> {
+    let slices: Int
+    private var due: [Socket] = []
+    private var perSlice = 1
+    private var slice = 0
+
+    init(slices: Int) { self.slices = slices }
+
+    /// The sockets for this slice; `open` is asked for the open sockets at each interval's start.
+    mutating func next(open: () -> [Socket]) -> [Socket] {
+        if slice == 0 {
+            due = open()
+            perSlice = max(1, (due.count + slices - 1) / slices)
+        }
+        slice = (slice + 1) % slices
+        let now = Array(due.suffix(perSlice))
+        due.removeLast(now.count)
+        return now
     }
 }
 
