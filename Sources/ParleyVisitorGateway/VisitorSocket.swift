@@ -220,7 +220,7 @@ final class VisitorSockets: Service, Sendable {
         // since the last one (not even the pong) is taken for dead and closed. The pings go out in
         // slices, one every `pingSlices`-th of the interval (100 ms): a slice holds an event loop
         // while it writes, and a delivery due then waits. 19,000 pings at once took delivery p99
-        // to seconds; 633 a second (30 slices) still put it at 32-35 ms; 63 every 100 ms, 17-18 ms.
+        // to seconds; 633 a second (30 slices) still put it at 32-35 ms; 64 every 100 ms, 17-18 ms.
         var sweep = PingSweep<VisitorSocket>(slices: Self.pingSlices)
         while !Task.isShuttingDownGracefully {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.pingInterval / Self.pingSlices) }
