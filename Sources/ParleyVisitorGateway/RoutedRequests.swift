@@ -32,7 +32,7 @@ final class RoutedRequestHandler: ChannelInboundHandler, RemovableChannelHandler
     private let responder: RoutedResponder
     private var pending: Pending?
     /// A request's task is answering; what arrives meanwhile is held.
-    private var answering: Task<Void, Never>?
+    private var answering: (task: Task<Void, Never>, started: ResponseStarted)?
     /// The client will send nothing more: the connection closes once what it asked is answered.
     private var inputClosed = false
     private var held = PipelinedParts()
@@ -95,10 +95,12 @@ final class RoutedRequestHandler: ChannelInboundHandler, RemovableChannelHandler
         let keepAlive = !request.tooLarge && request.head.headerFields[.connection]?.lowercased() != "close"
         let routed = Request(head: request.head, body: RequestBody(buffer: request.body))
         let tooLarge = request.tooLarge
-        answering = Task {
-            let written = await responder.answer(routed, tooLarge: tooLarge, on: channel)
+        let started = ResponseStarted()
+        let task = Task {
+            let written = await responder.answer(routed, tooLarge: tooLarge, on: channel, started: started)
             loop.execute { handler.value.answered(keepAlive: written && keepAlive) }
         }
+        answering = (task, started)
     }
 
     private func answered(keepAlive: Bool) {
@@ -143,10 +145,11 @@ final class RoutedRequestHandler: ChannelInboundHandler, RemovableChannelHandler
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
     }
 
-    /// The connection is gone: an SSE stream or a relay call in flight is of no use to a
-    /// visitor who left.
+    /// The connection is gone. A response under way (an SSE stream) is of no use to a visitor
+    /// who left and stops; a request still being worked out (a send and its relay call) is left
+    /// to finish, so that what it changed reaches this node's memory too.
     private func abandon() {
-        answering?.cancel()
+        if let answering, answering.started.value { answering.task.cancel() }
         answering = nil
         held.removeAll()
         pending = nil
@@ -160,7 +163,7 @@ struct RoutedResponder: Sendable {
     let dates = HTTPDateHeader()
 
     /// Answers `request`; false when the response could not be written whole.
-    func answer(_ request: Request, tooLarge: Bool, on channel: any Channel) async -> Bool {
+    func answer(_ request: Request, tooLarge: Bool, on channel: any Channel, started: ResponseStarted) async -> Bool {
         var response: Response
         if tooLarge {
             let (head, body) = ParleyError(.payloadTooLarge, "the request body is larger than \(Limits.requestBodyMaxBytes) bytes").jsonResponse
@@ -178,12 +181,22 @@ struct RoutedResponder: Sendable {
         let body = response.body
         do {
             channel.write(HTTPResponsePart.head(response.head), promise: nil)
+            started.mark()
             try await body.write(ChannelBodyWriter(channel: channel))
             return true
         } catch {
             return false
         }
     }
+}
+
+/// Whether a request's response has begun (its head is written).
+final class ResponseStarted: Sendable {
+    private let started = Atomic<Bool>(false)
+
+    func mark() { started.store(true, ordering: .releasing) }
+
+    var value: Bool { started.load(ordering: .acquiring) }
 }
 
 /// Writes a response body to the channel. Each write waits until it is written, so a slow
