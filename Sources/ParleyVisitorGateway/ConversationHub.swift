@@ -158,7 +158,9 @@ package final class ConversationHub: Service, Sendable {
 
     /// Forgets conversations nobody has touched for a while; they resume from the relay when needed.
     package func run() async throws {
-        while !Task.isShuttingDownGracefully {
+        // Cancellation (a sibling service failed) ends it too: the sleep below then returns at
+        // once, and the loop would spin.
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(30)) }
             let now = ContinuousClock.now
             logs.withLock { logs in

@@ -222,7 +222,8 @@ final class VisitorSockets: Service, Sendable {
         // while it writes, and a delivery due then waits. 19,000 pings at once took delivery p99
         // to seconds; 633 a second (30 slices) still put it at 32-35 ms; 64 every 100 ms, 17-18 ms.
         var sweep = PingSweep<VisitorSocket>(slices: Self.pingSlices)
-        while !Task.isShuttingDownGracefully {
+        // Cancellation ends it too: the sleep then returns at once, and the loop would spin.
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.pingInterval / Self.pingSlices) }
             if Task.isShuttingDownGracefully { break }
             for socket in sweep.next(open: { open.withLock { Array($0.values) } }) { socket.keepAlive() }
@@ -230,7 +231,7 @@ final class VisitorSockets: Service, Sendable {
         // The node lifecycle, shut down before this service, has told every conversation to move,
         // and each socket is telling its visitor. Give them a moment, then close what is left.
         let deadline = ContinuousClock.now + .seconds(5)
-        while count > 0, ContinuousClock.now < deadline {
+        while count > 0, ContinuousClock.now < deadline, !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(20))
         }
         for socket in open.withLock({ Array($0.values) }) { socket.close(code: .goingAway, reason: "shutting down") }

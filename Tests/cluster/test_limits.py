@@ -184,3 +184,19 @@ def test_a_connection_that_sends_nothing_is_closed_at_the_idle_timeout(cluster):
             assert data.startswith(b"HTTP/1.1 404"), data
     finally:
         gateway.stop()
+
+
+def test_a_gateway_that_cannot_start_exits_instead_of_hanging(cluster):
+    # Its ops address is taken: that service fails, the others are cancelled, and the process
+    # must end (a cancelled service loop that spun on its sleep used to keep it alive, on a core).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        gateway = cluster.add_visitor_gateway("vg-blocked", start=False)
+        gateway.args[gateway.args.index("--ops-listen") + 1] = f"127.0.0.1:{taken.getsockname()[1]}"
+        gateway.start()
+        try:
+            wait_until(lambda: gateway.process.poll() is not None, timeout=40, what="the gateway to exit")
+            assert gateway.process.returncode != 0
+        finally:
+            gateway.stop()
