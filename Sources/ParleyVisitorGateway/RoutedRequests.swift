@@ -166,8 +166,8 @@ struct RoutedResponder: Sendable {
     func answer(_ request: Request, tooLarge: Bool, on channel: any Channel, started: ResponseStarted) async -> Bool {
         var response: Response
         if tooLarge {
-            let (head, body) = ParleyError(.payloadTooLarge, "the request body is larger than \(Limits.requestBodyMaxBytes) bytes").jsonResponse
-            response = Response(status: head.status, headers: head.headerFields, body: .init(byteBuffer: ByteBuffer(bytes: body)))
+            response = JSONErrorMiddleware<VisitorRequestContext>.response(
+                ParleyError(.payloadTooLarge, "the request body is larger than \(Limits.requestBodyMaxBytes) bytes"))
         } else {
             do {
                 response = try await router.respond(to: request, context: VisitorRequestContext(source: .init(channel: channel, logger: logger)))
