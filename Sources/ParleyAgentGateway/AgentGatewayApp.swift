@@ -69,7 +69,7 @@ public enum AgentGatewayApp {
             onStatus: { status in health.set(status.draining || status.removed ? .draining : .ready) })
         return ServiceGroup(
             configuration: .parley(
-                services: relay.grpcClients.map { .init(service: GRPCClientService($0)) } + [
+                services: relay.services.map { .init(service: $0) } + [
                     .init(service: postgres),
                     .init(service: feed),
                     .init(service: heartbeat),

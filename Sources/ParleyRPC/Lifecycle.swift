@@ -19,13 +19,19 @@ package struct GRPCServerService<Transport: ServerTransport>: Service {
 /// A gRPC client's connections as a service: kept up until graceful shutdown.
 package struct GRPCClientService<Transport: ClientTransport>: Service {
     package let client: GRPCClient<Transport>
+    /// Ends the long-lived calls, which graceful shutdown would otherwise wait for.
+    let beforeShutdown: @Sendable () -> Void
 
-    package init(_ client: GRPCClient<Transport>) { self.client = client }
+    package init(_ client: GRPCClient<Transport>, beforeShutdown: @escaping @Sendable () -> Void = {}) {
+        self.client = client
+        self.beforeShutdown = beforeShutdown
+    }
 
     package func run() async throws {
         try await withGracefulShutdownHandler {
             try await client.runConnections()
         } onGracefulShutdown: {
+            beforeShutdown()
             client.beginGracefulShutdown()
         }
     }

@@ -2,6 +2,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import ParleyCore
+import ServiceLifecycle
 import Synchronization
 
 /// A gateway's connection to the relays: typed calls that throw `ParleyError`.
@@ -11,8 +12,8 @@ import Synchronization
 /// Repeating a call that may have committed is safe: messages carry their `client_msg_id`,
 /// conversation ids are chosen by the gateway, resumes and history are reads. A repeated claim
 /// or close that had committed answers `already_claimed` or `conversation_closed` instead of
-/// its original result, and writes nothing twice. Each of `grpcClients` must run (as a
-/// `GRPCClientService`) in the gateway's ServiceGroup.
+/// its original result, and writes nothing twice. Its `services` must run in the gateway's
+/// ServiceGroup.
 package struct RelayLink: Sendable {
     package let grpcClients: [GRPCClient<HTTP2ClientTransport.Posix>]
     let relays: [Parley_V1_Relay.Client<HTTP2ClientTransport.Posix>]
@@ -20,6 +21,7 @@ package struct RelayLink: Sendable {
     package let addresses: [String]
     private let preferred: Preferred
     private let appends: AppendQueue
+    private let sessions: AppendSessions
 
     /// - Parameter addresses: every relay's `host:port`.
     package init(addresses: [String], security: InternalSecurity) throws {
@@ -40,6 +42,16 @@ package struct RelayLink: Sendable {
         self.relays = grpcClients.map { Parley_V1_Relay.Client(wrapping: $0) }
         self.preferred = preferred
         self.appends = appends
+        self.sessions = AppendSessions(count: grpcClients.count)
+    }
+
+    /// The services that keep the connections to the relays up, one per relay, for the
+    /// gateway's ServiceGroup. At graceful shutdown each first ends the link's append stream
+    /// to its relay (after the answers still due), then closes the connection.
+    package var services: [any Service] {
+        grpcClients.indices.map { index in
+            GRPCClientService(grpcClients[index], beforeShutdown: { [sessions] in sessions.finish(index) })
+        }
     }
 
     /// One link per relay, sharing these connections: for what each relay must hear itself
@@ -52,12 +64,17 @@ package struct RelayLink: Sendable {
 
     /// Calls the preferred relay, then each other one while the answer is `unavailable`.
     private func call<T>(_ body: (Parley_V1_Relay.Client<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
+        try await callEach { try await body(relays[$0]) }
+    }
+
+    /// `call`, with the relay's index.
+    private func callEach<T>(_ body: (Int) async throws -> T) async throws -> T {
         let first = preferred.index
         var lastError: ParleyError?
         for offset in 0..<relays.count {
             let index = (first + offset) % relays.count
             do {
-                let result = try await RPCErrors.calling { try await body(relays[index]) }
+                let result = try await RPCErrors.calling { try await body(index) }
                 if offset > 0 { preferred.index = index }
                 return result
             } catch let error as ParleyError where error.code == .unavailable && relays.count > 1 {
@@ -67,7 +84,7 @@ package struct RelayLink: Sendable {
         throw lastError ?? ParleyError(.unavailable, "no relay is reachable")
     }
 
-    /// Messages waiting for the next `AppendMessages` call; shared by copies of one link.
+    /// Messages waiting for the next batch; shared by copies of one link.
     private final class AppendQueue: Sendable {
         struct Pending {
             var request: Parley_V1_AppendMessageRequest
@@ -100,6 +117,41 @@ package struct RelayLink: Sendable {
         }
     }
 
+    /// The open append stream to each relay, opened on first use and again after it ends;
+    /// shared by copies of one link.
+    private final class AppendSessions: Sendable {
+        private let open: Mutex<[StreamedCalls<Parley_V1_AppendMessagesRequest, Parley_V1_AppendMessagesResponse>?]>
+
+        init(count: Int) { open = Mutex(Array(repeating: nil, count: count)) }
+
+        func session(
+            _ index: Int, relay: Parley_V1_Relay.Client<HTTP2ClientTransport.Posix>
+        ) -> StreamedCalls<Parley_V1_AppendMessagesRequest, Parley_V1_AppendMessagesResponse> {
+            open.withLock { open in
+                if let session = open[index], !session.isEnded { return session }
+                let session = StreamedCalls<Parley_V1_AppendMessagesRequest, Parley_V1_AppendMessagesResponse>(
+                    timeout: RelayLink.options.timeout ?? .seconds(10)
+                ) { requests, answer in
+                    try await RPCErrors.calling {
+                        try await relay.appendStream(
+                            requestProducer: { writer in
+                                for await batch in requests { try await writer.write(batch) }
+                            },
+                            onResponse: { response in
+                                for try await batch in response.messages { try answer(batch) }
+                            })
+                    }
+                }
+                open[index] = session
+                return session
+            }
+        }
+
+        func finish(_ index: Int) {
+            open.withLock { $0[index] }?.finish()
+        }
+    }
+
     /// Which relay answered last; shared by copies of one link.
     private final class Preferred: Sendable {
         private let value = Mutex(0)
@@ -123,8 +175,9 @@ package struct RelayLink: Sendable {
         try await call { try await $0.startConversation(request, options: Self.options) }
     }
 
-    /// Stores one message. Messages that arrive while a call is in flight go together in the
-    /// next call (`AppendMessages`), so a busy gateway pays the per-call cost once for many.
+    /// Stores one message. Messages that arrive while a batch is in flight go together in the
+    /// next batch, so a busy gateway pays the per-batch cost once for many. Batches go on one
+    /// long-lived `AppendStream` per relay, which spares each one a call's cost.
     package func append(_ request: Parley_V1_AppendMessageRequest) async throws -> Parley_V1_AppendMessageResponse {
         let result: Parley_V1_AppendResult = try await withCheckedThrowingContinuation { continuation in
             if appends.add(request, continuation) {
@@ -135,13 +188,13 @@ package struct RelayLink: Sendable {
         return result.stored
     }
 
-    /// Sends queued messages, one call at a time, until the queue is empty.
+    /// Sends queued messages, one batch at a time, until the queue is empty.
     private func sendAppends() async {
         while let batch = appends.next(max: 256) {
             var request = Parley_V1_AppendMessagesRequest()
             request.messages = batch.map(\.request)
             do {
-                let response = try await call { try await $0.appendMessages(request, options: Self.options) }
+                let response = try await callEach { try await sessions.session($0, relay: relays[$0]).send(request) }
                 guard response.results.count == batch.count else {
                     throw ParleyError(.unavailable, "the relay answered \(response.results.count) results for \(batch.count) messages")
                 }

@@ -10,11 +10,12 @@ import Synchronization
 
 /// Writes committed events to the one visitor gateway each conversation is pinned to.
 ///
-/// Each node has its own ordered outbox and a worker that drains it into `Deliver` calls,
-/// gathering whatever is waiting into one call. A node that cannot be reached is retried with
-/// backoff; after `giveUpAfter` its outbox is dropped and the conversations are remembered,
-/// and the node's next heartbeat tells it to refresh them from the relay. So nothing is lost:
-/// the events are in PostgreSQL, and the gateway fetches what it missed before serving again.
+/// Each node has its own ordered outbox and a worker that drains it into the node's delivery
+/// stream (`DeliverStream`), gathering whatever is waiting into one request. A node that
+/// cannot be reached is retried with backoff; after `giveUpAfter` its outbox is dropped and
+/// the conversations are remembered, and the node's next heartbeat tells it to refresh them
+/// from the relay. So nothing is lost: the events are in PostgreSQL, and the gateway fetches
+/// what it missed before serving again.
 public final class DeliveryDispatcher: Service, Sendable {
     /// Resolves a node id to its internal address (from the registry).
     public typealias Resolve = @Sendable (String) async throws -> String?
@@ -159,7 +160,11 @@ public final class DeliveryDispatcher: Service, Sendable {
     private func work(node: String) async {
         await withDiscardingTaskGroup { connections in
             var client: GRPCClient<HTTP2ClientTransport.Posix>?
-            defer { client?.beginGracefulShutdown() }
+            var stream: StreamedCalls<Parley_V1_DeliverRequest, Parley_V1_DeliverResponse>?
+            defer {
+                stream?.finish()
+                client?.beginGracefulShutdown()
+            }
             while let items = await next(node) {
                 let request = Self.request(items)
                 var backoff = Duration.milliseconds(50)
@@ -174,12 +179,15 @@ public final class DeliveryDispatcher: Service, Sendable {
                             connections.addTask { try? await connected.runConnections() }
                             client = connected
                         }
-                        _ = try await Parley_V1_Delivery.Client(wrapping: client!).deliver(request, options: Self.callOptions)
+                        if stream == nil || stream!.isEnded { stream = Self.stream(client!) }
+                        _ = try await stream!.send(request)
                         delivered.increment(by: items.count)
                         break
                     } catch {
                         failed.increment()
                         // The node may have restarted elsewhere: resolve its address again next time.
+                        stream?.finish()
+                        stream = nil
                         client?.beginGracefulShutdown()
                         client = nil
                         if ContinuousClock.now - firstAttempt > giveUpAfter || state.withLock({ $0.stopped }) {
@@ -209,11 +217,22 @@ public final class DeliveryDispatcher: Service, Sendable {
         }
     }
 
-    private static let callOptions: CallOptions = {
-        var options = CallOptions.defaults
-        options.timeout = .seconds(5)
-        return options
-    }()
+    /// The node's delivery stream: one long-lived call carries every delivery, each answered
+    /// within 5 s once its events are in the node's memory.
+    private static func stream(
+        _ client: GRPCClient<HTTP2ClientTransport.Posix>
+    ) -> StreamedCalls<Parley_V1_DeliverRequest, Parley_V1_DeliverResponse> {
+        let delivery = Parley_V1_Delivery.Client(wrapping: client)
+        return StreamedCalls(timeout: .seconds(5)) { requests, answer in
+            try await delivery.deliverStream(
+                requestProducer: { writer in
+                    for await request in requests { try await writer.write(request) }
+                },
+                onResponse: { response in
+                    for try await delivered in response.messages { try answer(delivered) }
+                })
+        }
+    }
 
     static func request(_ items: [Item]) -> Parley_V1_DeliverRequest {
         var request = Parley_V1_DeliverRequest()

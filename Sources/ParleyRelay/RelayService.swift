@@ -4,6 +4,7 @@ import Logging
 import ParleyCore
 import ParleyRPC
 import ParleyStore
+import ServiceLifecycle
 
 /// The relay's gRPC service: validates, commits, then delivers.
 struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
@@ -76,37 +77,57 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
     static let maxAppendBatch = 256
 
     func appendMessages(request: Parley_V1_AppendMessagesRequest, context: ServerContext) async throws -> Parley_V1_AppendMessagesResponse {
+        try await RPCErrors.serving { try await appendBatch(request, context) }
+    }
+
+    func appendStream(
+        request: RPCAsyncSequence<Parley_V1_AppendMessagesRequest, any Error>, response: RPCWriter<Parley_V1_AppendMessagesResponse>,
+        context: ServerContext
+    ) async throws {
         try await RPCErrors.serving {
-            guard request.messages.count <= Self.maxAppendBatch else {
-                throw ParleyError(.invalidRequest, "at most \(Self.maxAppendBatch) messages per call")
-            }
-            // Each message is checked as AppendMessage checks it; refused ones get their error,
-            // the others are queued together, in order, for the next commit.
-            var results = [Parley_V1_AppendResult](repeating: .init(), count: request.messages.count)
-            var accepted: [(index: Int, item: AppendItem, origin: String)] = []
-            for (index, message) in request.messages.enumerated() {
-                do {
-                    accepted.append((index, try appendItem(message, context), message.originNodeID))
-                } catch let error as ParleyError {
-                    results[index] = Self.result(error)
+            // A gateway never ends its stream while it runs, so the relay's graceful shutdown
+            // ends it. A batch whose commit was under way then is committed all the same and
+            // only its answer is lost: the gateway sends it again, elsewhere, and gets the
+            // stored seqs back as duplicates.
+            try await cancelWhenGracefulShutdown {
+                for try await batch in request {
+                    try await response.write(try await appendBatch(batch, context))
                 }
             }
-            let outcomes = await committer.submitAll(accepted.map { ($0.item, $0.origin) })
-            for (entry, outcome) in zip(accepted, outcomes) {
-                switch outcome {
-                case .success(.failed(let error)):
-                    results[entry.index] = Self.result(error)
-                case .success(let stored):
-                    results[entry.index].stored = try Self.response(stored)
-                case .failure(let error):
-                    // The commit failed: the whole call fails, so the gateway tries another relay.
-                    throw error
-                }
-            }
-            var response = Parley_V1_AppendMessagesResponse()
-            response.results = results
-            return response
         }
+    }
+
+    /// Checks and stores one batch of messages, for `AppendMessages` and `AppendStream` alike.
+    private func appendBatch(_ request: Parley_V1_AppendMessagesRequest, _ context: ServerContext) async throws -> Parley_V1_AppendMessagesResponse {
+        guard request.messages.count <= Self.maxAppendBatch else {
+            throw ParleyError(.invalidRequest, "at most \(Self.maxAppendBatch) messages per call")
+        }
+        // Each message is checked as AppendMessage checks it; refused ones get their error,
+        // the others are queued together, in order, for the next commit.
+        var results = [Parley_V1_AppendResult](repeating: .init(), count: request.messages.count)
+        var accepted: [(index: Int, item: AppendItem, origin: String)] = []
+        for (index, message) in request.messages.enumerated() {
+            do {
+                accepted.append((index, try appendItem(message, context), message.originNodeID))
+            } catch let error as ParleyError {
+                results[index] = Self.result(error)
+            }
+        }
+        let outcomes = await committer.submitAll(accepted.map { ($0.item, $0.origin) })
+        for (entry, outcome) in zip(accepted, outcomes) {
+            switch outcome {
+            case .success(.failed(let error)):
+                results[entry.index] = Self.result(error)
+            case .success(let stored):
+                results[entry.index].stored = try Self.response(stored)
+            case .failure(let error):
+                // The commit failed: the whole call fails, so the gateway tries another relay.
+                throw error
+            }
+        }
+        var response = Parley_V1_AppendMessagesResponse()
+        response.results = results
+        return response
     }
 
     /// A message to store, after the checks every append gets: the caller's role and node, the

@@ -3,6 +3,7 @@ import GRPCCore
 import Metrics
 import ParleyCore
 import ParleyRPC
+import ServiceLifecycle
 
 /// Receives committed events from the relay for the conversations pinned here.
 struct DeliveryHandler: Parley_V1_Delivery.SimpleServiceProtocol {
@@ -19,6 +20,26 @@ struct DeliveryHandler: Parley_V1_Delivery.SimpleServiceProtocol {
     func deliver(request: Parley_V1_DeliverRequest, context: ServerContext) async throws -> Parley_V1_DeliverResponse {
         // Only a relay writes into this node's memory.
         _ = try await RPCErrors.serving { try security.authorize(context, .relay) }
+        await apply(request)
+        return Parley_V1_DeliverResponse()
+    }
+
+    func deliverStream(
+        request: RPCAsyncSequence<Parley_V1_DeliverRequest, any Error>, response: RPCWriter<Parley_V1_DeliverResponse>,
+        context: ServerContext
+    ) async throws {
+        _ = try await RPCErrors.serving { try security.authorize(context, .relay) }
+        // A relay keeps its stream open, so the gateway's graceful shutdown ends it; the relay
+        // then finds the gateway gone and has its conversations resync, as for any lost node.
+        try await cancelWhenGracefulShutdown {
+            for try await delivery in request {
+                await apply(delivery)
+                try await response.write(Parley_V1_DeliverResponse())
+            }
+        }
+    }
+
+    private func apply(_ request: Parley_V1_DeliverRequest) async {
         deliveries.increment()
         for batch in request.batches {
             guard let id = UUID(uuidString: batch.conversationID) else { continue }
@@ -28,6 +49,5 @@ struct DeliveryHandler: Parley_V1_Delivery.SimpleServiceProtocol {
         for evicted in request.evictConversationIds {
             if let id = UUID(uuidString: evicted) { hub.evict(id) }
         }
-        return Parley_V1_DeliverResponse()
     }
 }

@@ -131,7 +131,7 @@ public enum VisitorGatewayApp {
             address: configuration.opsListen, health: health, nodeID: configuration.nodeID, role: "visitor_gateway", logger: logger)
         return ServiceGroup(
             configuration: .parley(
-                services: relay.grpcClients.map { .init(service: GRPCClientService($0)) } + [
+                services: relay.services.map { .init(service: $0) } + [
                     .init(service: GRPCServerService(delivery)),
                     .init(service: hub),
                     .init(service: app),

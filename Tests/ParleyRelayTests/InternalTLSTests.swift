@@ -71,7 +71,8 @@ import X509
         let link = try RelayLink(addresses: [address], security: client)
         return try await withThrowingTaskGroup(of: Void.self) { group in
             for grpc in link.grpcClients { group.addTask { try await grpc.runConnections() } }
-            defer { link.grpcClients.forEach { $0.beginGracefulShutdown() } }
+            // Cancelled: a link's append stream stays open until its gateway shuts down.
+            defer { group.cancelAll() }
             do {
                 try await call(link)
                 return nil

@@ -1,6 +1,7 @@
 """The cluster through its public APIs: real executables, HAProxy, PostgreSQL."""
 
 import json
+import signal
 import socket
 import struct
 import threading
@@ -566,8 +567,43 @@ def test_removed_node_stops_taking_visitors(cluster):
 def test_sigterm_stops_a_gateway_cleanly(cluster):
     extra = cluster.add_visitor_gateway("vg-term")
     wait_until(lambda: extra.health().status_code == 200, what="vg-term up")
-    extra.signal(__import__("signal").SIGTERM)
+    extra.signal(signal.SIGTERM)
     assert extra.process.wait(timeout=20) == 0
+
+
+def test_sigterm_stops_gateway_and_relay_holding_streams(cluster):
+    # Once a message has gone each way, the gateway holds an append stream to the relay and
+    # the relay a delivery stream to the gateway. Neither may keep the other's graceful
+    # shutdown waiting (that would last the 30 s shutdown limit and end in cancellation).
+    extra = cluster.add_visitor_gateway("vg-streams")
+    wait_until(lambda: extra.health().status_code == 200, what="vg-streams up")
+    visitor = Visitor(f"http://127.0.0.1:{extra.http}")
+    visitor.start()
+    email, password = cluster.new_agent("Ann")
+    agent = AgentClient(cluster.agent_url(), email, password)
+    assert agent.claim(visitor.conversation).status_code == 200
+    visitor.send_until_acked("over the append stream")
+    assert agent.reply(visitor.conversation, "over the delivery stream").status_code == 201
+    visitor.poll_until(lambda seen: any(e.get("text") == "over the delivery stream" for e in seen))
+    extra.signal(signal.SIGTERM)
+    assert extra.process.wait(timeout=20) == 0
+
+    other, agent = open_conversation(cluster)
+    other.send_until_acked("before the relay stops")
+    assert agent.reply(other.conversation, "reply before").status_code == 201
+    other.poll_until(lambda seen: any(e.get("text") == "reply before" for e in seen))
+    cluster.relay.signal(signal.SIGTERM)
+    try:
+        assert cluster.relay.process.wait(timeout=20) == 0
+    finally:
+        cluster.relay.start()
+    wait_until(lambda: cluster.relay.health().status_code == 200, what="relay back")
+    # The gateways open new streams: both ways work again.
+    other.send_until_acked("after the relay restarted")
+    wait_until(lambda: agent.reply(other.conversation, "reply after", client_msg_id="reply-after").status_code in (200, 201),
+               timeout=20, interval=0.2, what="agent reply accepted")
+    other.poll_until(lambda seen: any(e.get("text") == "reply after" for e in seen))
+    assert_exactly_once_in_order(other.seen)
 
 
 def test_typing_is_ephemeral_both_ways(cluster):

@@ -35,9 +35,23 @@ package enum Parley_V1_Delivery: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "DeliverStream" metadata.
+        package enum DeliverStream: Sendable {
+            /// Request type for "DeliverStream".
+            package typealias Input = Parley_V1_DeliverRequest
+            /// Response type for "DeliverStream".
+            package typealias Output = Parley_V1_DeliverResponse
+            /// Descriptor for "DeliverStream".
+            package static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "parley.v1.Delivery"),
+                method: "DeliverStream",
+                type: .bidirectionalStreaming
+            )
+        }
         /// Descriptors for all methods in the "parley.v1.Delivery" service.
         package static let descriptors: [GRPCCore.MethodDescriptor] = [
-            Deliver.descriptor
+            Deliver.descriptor,
+            DeliverStream.descriptor
         ]
     }
 }
@@ -85,6 +99,26 @@ extension Parley_V1_Delivery {
             request: GRPCCore.StreamingServerRequest<Parley_V1_DeliverRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_DeliverResponse>
+
+        /// Handle the "DeliverStream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same, on one long-lived stream per relay and gateway: each request is answered by one
+        /// > response, in order, once its events are in the gateway's memory. A relay keeps it open to
+        /// > spare each delivery a call's cost.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Parley_V1_DeliverRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Parley_V1_DeliverResponse` messages.
+        func deliverStream(
+            request: GRPCCore.StreamingServerRequest<Parley_V1_DeliverRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_DeliverResponse>
     }
 
     /// Service protocol for the "parley.v1.Delivery" service.
@@ -116,6 +150,26 @@ extension Parley_V1_Delivery {
             request: GRPCCore.ServerRequest<Parley_V1_DeliverRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Parley_V1_DeliverResponse>
+
+        /// Handle the "DeliverStream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same, on one long-lived stream per relay and gateway: each request is answered by one
+        /// > response, in order, once its events are in the gateway's memory. A relay keeps it open to
+        /// > spare each delivery a call's cost.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Parley_V1_DeliverRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Parley_V1_DeliverResponse` messages.
+        func deliverStream(
+            request: GRPCCore.StreamingServerRequest<Parley_V1_DeliverRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_DeliverResponse>
     }
 
     /// Simple service protocol for the "parley.v1.Delivery" service.
@@ -145,6 +199,27 @@ extension Parley_V1_Delivery {
             request: Parley_V1_DeliverRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Parley_V1_DeliverResponse
+
+        /// Handle the "DeliverStream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same, on one long-lived stream per relay and gateway: each request is answered by one
+        /// > response, in order, once its events are in the gateway's memory. A relay keeps it open to
+        /// > spare each delivery a call's cost.
+        ///
+        /// - Parameters:
+        ///   - request: A stream of `Parley_V1_DeliverRequest` messages.
+        ///   - response: A response stream of `Parley_V1_DeliverResponse` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func deliverStream(
+            request: GRPCCore.RPCAsyncSequence<Parley_V1_DeliverRequest, any Swift.Error>,
+            response: GRPCCore.RPCWriter<Parley_V1_DeliverResponse>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -158,6 +233,17 @@ extension Parley_V1_Delivery.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_DeliverResponse>(),
             handler: { request, context in
                 try await self.deliver(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Parley_V1_Delivery.Method.DeliverStream.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_DeliverRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_DeliverResponse>(),
+            handler: { request, context in
+                try await self.deliverStream(
                     request: request,
                     context: context
                 )
@@ -196,6 +282,23 @@ extension Parley_V1_Delivery.SimpleServiceProtocol {
             metadata: [:]
         )
     }
+
+    package func deliverStream(
+        request: GRPCCore.StreamingServerRequest<Parley_V1_DeliverRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_DeliverResponse> {
+        return GRPCCore.StreamingServerResponse<Parley_V1_DeliverResponse>(
+            metadata: [:],
+            producer: { writer in
+                try await self.deliverStream(
+                    request: request.messages,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
+        )
+    }
 }
 
 // MARK: parley.v1.Delivery (client)
@@ -232,6 +335,31 @@ extension Parley_V1_Delivery {
             deserializer: some GRPCCore.MessageDeserializer<Parley_V1_DeliverResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_DeliverResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "DeliverStream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same, on one long-lived stream per relay and gateway: each request is answered by one
+        /// > response, in order, once its events are in the gateway's memory. A relay keeps it open to
+        /// > spare each delivery a call's cost.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Parley_V1_DeliverRequest` messages.
+        ///   - serializer: A serializer for `Parley_V1_DeliverRequest` messages.
+        ///   - deserializer: A deserializer for `Parley_V1_DeliverResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func deliverStream<Result>(
+            request: GRPCCore.StreamingClientRequest<Parley_V1_DeliverRequest>,
+            serializer: some GRPCCore.MessageSerializer<Parley_V1_DeliverRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Parley_V1_DeliverResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Parley_V1_DeliverResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -288,6 +416,40 @@ extension Parley_V1_Delivery {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "DeliverStream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same, on one long-lived stream per relay and gateway: each request is answered by one
+        /// > response, in order, once its events are in the gateway's memory. A relay keeps it open to
+        /// > spare each delivery a call's cost.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Parley_V1_DeliverRequest` messages.
+        ///   - serializer: A serializer for `Parley_V1_DeliverRequest` messages.
+        ///   - deserializer: A deserializer for `Parley_V1_DeliverResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        package func deliverStream<Result>(
+            request: GRPCCore.StreamingClientRequest<Parley_V1_DeliverRequest>,
+            serializer: some GRPCCore.MessageSerializer<Parley_V1_DeliverRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Parley_V1_DeliverResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Parley_V1_DeliverResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.bidirectionalStreaming(
+                request: request,
+                descriptor: Parley_V1_Delivery.Method.DeliverStream.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -315,6 +477,35 @@ extension Parley_V1_Delivery.ClientProtocol {
         }
     ) async throws -> Result where Result: Sendable {
         try await self.deliver(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_DeliverRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_DeliverResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "DeliverStream" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The same, on one long-lived stream per relay and gateway: each request is answered by one
+    /// > response, in order, once its events are in the gateway's memory. A relay keeps it open to
+    /// > spare each delivery a call's cost.
+    ///
+    /// - Parameters:
+    ///   - request: A streaming request producing `Parley_V1_DeliverRequest` messages.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    package func deliverStream<Result>(
+        request: GRPCCore.StreamingClientRequest<Parley_V1_DeliverRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Parley_V1_DeliverResponse>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.deliverStream(
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_DeliverRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_DeliverResponse>(),
@@ -354,6 +545,40 @@ extension Parley_V1_Delivery.ClientProtocol {
             metadata: metadata
         )
         return try await self.deliver(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "DeliverStream" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The same, on one long-lived stream per relay and gateway: each request is answered by one
+    /// > response, in order, once its events are in the gateway's memory. A relay keeps it open to
+    /// > spare each delivery a call's cost.
+    ///
+    /// - Parameters:
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - producer: A closure producing request messages to send to the server. Returning
+    ///       from the closure closes the request stream.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    package func deliverStream<Result>(
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Parley_V1_DeliverRequest>) async throws -> Void,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Parley_V1_DeliverResponse>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.StreamingClientRequest<Parley_V1_DeliverRequest>(
+            metadata: metadata,
+            producer: producer
+        )
+        return try await self.deliverStream(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -78,6 +78,19 @@ package enum Parley_V1_Relay: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "AppendStream" metadata.
+        package enum AppendStream: Sendable {
+            /// Request type for "AppendStream".
+            package typealias Input = Parley_V1_AppendMessagesRequest
+            /// Response type for "AppendStream".
+            package typealias Output = Parley_V1_AppendMessagesResponse
+            /// Descriptor for "AppendStream".
+            package static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "parley.v1.Relay"),
+                method: "AppendStream",
+                type: .bidirectionalStreaming
+            )
+        }
         /// Namespace for "Resume" metadata.
         package enum Resume: Sendable {
             /// Request type for "Resume".
@@ -175,6 +188,7 @@ package enum Parley_V1_Relay: Sendable {
             StartConversation.descriptor,
             AppendMessage.descriptor,
             AppendMessages.descriptor,
+            AppendStream.descriptor,
             Resume.descriptor,
             History.descriptor,
             Claim.descriptor,
@@ -281,6 +295,27 @@ extension Parley_V1_Relay {
         ///     to an internal error.
         /// - Returns: A streaming response of `Parley_V1_AppendMessagesResponse` messages.
         func appendMessages(
+            request: GRPCCore.StreamingServerRequest<Parley_V1_AppendMessagesRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_AppendMessagesResponse>
+
+        /// Handle the "AppendStream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same, on one long-lived stream per gateway and relay: each request is answered by
+        /// > one response, in order. A gateway keeps it open to spare each batch a call's cost (a new
+        /// > HTTP/2 stream, headers, deadline timers). The stream fails as a whole (unavailable) when
+        /// > the relay could not commit, and the gateway sends that batch again on another stream.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Parley_V1_AppendMessagesRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Parley_V1_AppendMessagesResponse` messages.
+        func appendStream(
             request: GRPCCore.StreamingServerRequest<Parley_V1_AppendMessagesRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_AppendMessagesResponse>
@@ -499,6 +534,27 @@ extension Parley_V1_Relay {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Parley_V1_AppendMessagesResponse>
 
+        /// Handle the "AppendStream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same, on one long-lived stream per gateway and relay: each request is answered by
+        /// > one response, in order. A gateway keeps it open to spare each batch a call's cost (a new
+        /// > HTTP/2 stream, headers, deadline timers). The stream fails as a whole (unavailable) when
+        /// > the relay could not commit, and the gateway sends that batch again on another stream.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Parley_V1_AppendMessagesRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Parley_V1_AppendMessagesResponse` messages.
+        func appendStream(
+            request: GRPCCore.StreamingServerRequest<Parley_V1_AppendMessagesRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_AppendMessagesResponse>
+
         /// Handle the "Resume" method.
         ///
         /// > Source IDL Documentation:
@@ -711,6 +767,28 @@ extension Parley_V1_Relay {
             context: GRPCCore.ServerContext
         ) async throws -> Parley_V1_AppendMessagesResponse
 
+        /// Handle the "AppendStream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same, on one long-lived stream per gateway and relay: each request is answered by
+        /// > one response, in order. A gateway keeps it open to spare each batch a call's cost (a new
+        /// > HTTP/2 stream, headers, deadline timers). The stream fails as a whole (unavailable) when
+        /// > the relay could not commit, and the gateway sends that batch again on another stream.
+        ///
+        /// - Parameters:
+        ///   - request: A stream of `Parley_V1_AppendMessagesRequest` messages.
+        ///   - response: A response stream of `Parley_V1_AppendMessagesResponse` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func appendStream(
+            request: GRPCCore.RPCAsyncSequence<Parley_V1_AppendMessagesRequest, any Swift.Error>,
+            response: GRPCCore.RPCWriter<Parley_V1_AppendMessagesResponse>,
+            context: GRPCCore.ServerContext
+        ) async throws
+
         /// Handle the "Resume" method.
         ///
         /// > Source IDL Documentation:
@@ -884,6 +962,17 @@ extension Parley_V1_Relay.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_AppendMessagesResponse>(),
             handler: { request, context in
                 try await self.appendMessages(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Parley_V1_Relay.Method.AppendStream.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_AppendMessagesRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_AppendMessagesResponse>(),
+            handler: { request, context in
+                try await self.appendStream(
                     request: request,
                     context: context
                 )
@@ -1149,6 +1238,23 @@ extension Parley_V1_Relay.SimpleServiceProtocol {
         )
     }
 
+    package func appendStream(
+        request: GRPCCore.StreamingServerRequest<Parley_V1_AppendMessagesRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Parley_V1_AppendMessagesResponse> {
+        return GRPCCore.StreamingServerResponse<Parley_V1_AppendMessagesResponse>(
+            metadata: [:],
+            producer: { writer in
+                try await self.appendStream(
+                    request: request.messages,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
+        )
+    }
+
     package func resume(
         request: GRPCCore.ServerRequest<Parley_V1_ResumeRequest>,
         context: GRPCCore.ServerContext
@@ -1345,6 +1451,32 @@ extension Parley_V1_Relay {
             deserializer: some GRPCCore.MessageDeserializer<Parley_V1_AppendMessagesResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Parley_V1_AppendMessagesResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "AppendStream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same, on one long-lived stream per gateway and relay: each request is answered by
+        /// > one response, in order. A gateway keeps it open to spare each batch a call's cost (a new
+        /// > HTTP/2 stream, headers, deadline timers). The stream fails as a whole (unavailable) when
+        /// > the relay could not commit, and the gateway sends that batch again on another stream.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Parley_V1_AppendMessagesRequest` messages.
+        ///   - serializer: A serializer for `Parley_V1_AppendMessagesRequest` messages.
+        ///   - deserializer: A deserializer for `Parley_V1_AppendMessagesResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func appendStream<Result>(
+            request: GRPCCore.StreamingClientRequest<Parley_V1_AppendMessagesRequest>,
+            serializer: some GRPCCore.MessageSerializer<Parley_V1_AppendMessagesRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Parley_V1_AppendMessagesResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Parley_V1_AppendMessagesResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "Resume" method.
@@ -1661,6 +1793,41 @@ extension Parley_V1_Relay {
             try await self.client.unary(
                 request: request,
                 descriptor: Parley_V1_Relay.Method.AppendMessages.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "AppendStream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same, on one long-lived stream per gateway and relay: each request is answered by
+        /// > one response, in order. A gateway keeps it open to spare each batch a call's cost (a new
+        /// > HTTP/2 stream, headers, deadline timers). The stream fails as a whole (unavailable) when
+        /// > the relay could not commit, and the gateway sends that batch again on another stream.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Parley_V1_AppendMessagesRequest` messages.
+        ///   - serializer: A serializer for `Parley_V1_AppendMessagesRequest` messages.
+        ///   - deserializer: A deserializer for `Parley_V1_AppendMessagesResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        package func appendStream<Result>(
+            request: GRPCCore.StreamingClientRequest<Parley_V1_AppendMessagesRequest>,
+            serializer: some GRPCCore.MessageSerializer<Parley_V1_AppendMessagesRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Parley_V1_AppendMessagesResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Parley_V1_AppendMessagesResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.bidirectionalStreaming(
+                request: request,
+                descriptor: Parley_V1_Relay.Method.AppendStream.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -2030,6 +2197,36 @@ extension Parley_V1_Relay.ClientProtocol {
         )
     }
 
+    /// Call the "AppendStream" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The same, on one long-lived stream per gateway and relay: each request is answered by
+    /// > one response, in order. A gateway keeps it open to spare each batch a call's cost (a new
+    /// > HTTP/2 stream, headers, deadline timers). The stream fails as a whole (unavailable) when
+    /// > the relay could not commit, and the gateway sends that batch again on another stream.
+    ///
+    /// - Parameters:
+    ///   - request: A streaming request producing `Parley_V1_AppendMessagesRequest` messages.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    package func appendStream<Result>(
+        request: GRPCCore.StreamingClientRequest<Parley_V1_AppendMessagesRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Parley_V1_AppendMessagesResponse>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.appendStream(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Parley_V1_AppendMessagesRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Parley_V1_AppendMessagesResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "Resume" method.
     ///
     /// > Source IDL Documentation:
@@ -2366,6 +2563,41 @@ extension Parley_V1_Relay.ClientProtocol {
             metadata: metadata
         )
         return try await self.appendMessages(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "AppendStream" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The same, on one long-lived stream per gateway and relay: each request is answered by
+    /// > one response, in order. A gateway keeps it open to spare each batch a call's cost (a new
+    /// > HTTP/2 stream, headers, deadline timers). The stream fails as a whole (unavailable) when
+    /// > the relay could not commit, and the gateway sends that batch again on another stream.
+    ///
+    /// - Parameters:
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - producer: A closure producing request messages to send to the server. Returning
+    ///       from the closure closes the request stream.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    package func appendStream<Result>(
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Parley_V1_AppendMessagesRequest>) async throws -> Void,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Parley_V1_AppendMessagesResponse>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.StreamingClientRequest<Parley_V1_AppendMessagesRequest>(
+            metadata: metadata,
+            producer: producer
+        )
+        return try await self.appendStream(
             request: request,
             options: options,
             onResponse: handleResponse
