@@ -185,19 +185,33 @@ class Bench:
     def capacity(self, transport="ws"):
         steps = [250, 500, 1000] if self.quick else [250, 500, 1000, 2000, 4000, 8000, 15000, 20000]
         seconds, conversations = (4, 1000) if self.quick else (10, 2000)
-        runs, best = [], None
-        for rate in steps:
+        runs = []
+
+        def attempt(rate):
             result = self.chat(2, conversations, rate, seconds, 2, transport)
             c = result["counts"]
             ok = result["latency"]["p99"] <= 50 and c["lost"] == 0 and c["send_errors"] == 0
             runs.append({"rate": rate, "ok": ok, "delivered_per_second": result["delivered_per_second"],
                          "p99_ms": result["latency"]["p99"], "lost": c["lost"], "send_errors": c["send_errors"],
                          "generator_late": result["generator_late"], "processes": result["processes"]})
-            if not ok:
+            return ok
+
+        low = high = None
+        for rate in steps:
+            if not attempt(rate):
+                high = rate
                 break
-            best = result["delivered_per_second"]
-        return {"highest_ok_delivered_per_second": best, "highest_ok_offered": max((r["rate"] for r in runs if r["ok"]), default=None),
-                "steps": runs}
+            low = rate
+        # Doubling leaves a wide gap between the last rate that held and the first that did
+        # not; two halvings narrow it to an eighth of that.
+        if low is not None and high is not None and not self.quick:
+            for _ in range(2):
+                rate = (low + high) // 2
+                low, high = (rate, high) if attempt(rate) else (low, rate)
+        held = [r for r in runs if r["ok"]]
+        best = max(held, key=lambda r: r["rate"]) if held else None
+        return {"highest_ok_delivered_per_second": best and best["delivered_per_second"],
+                "highest_ok_offered": best and best["rate"], "steps": runs}
 
     def idle(self, transport, per_gateway, gateways=1):
         """Idle visitors straight at the gateways (HAProxy's own file limit would cap the count)."""
@@ -326,7 +340,7 @@ def summary_table(report):
             row(f"chat {t}: 1k msg/s, 1k conversations", f"p50 {lat['p50']} / p99 {lat['p99']} / max {lat['max']} ms, lost {s[key]['counts']['lost']}", target, ok and s[key]["counts"]["lost"] == 0)
     if "capacity" in s:
         best = s["capacity"]["highest_ok_delivered_per_second"] or 0
-        first_fail = next((r["rate"] for r in s["capacity"]["steps"] if not r["ok"]), None)
+        first_fail = min((r["rate"] for r in s["capacity"]["steps"] if not r["ok"]), default=None)
         row("capacity (p99 <= 50 ms, 0 lost)", f"{best:.0f} msg/s" + (f" (fails at {first_fail} offered)" if first_fail else ""),
             ">= 15000 msg/s", best >= 15000)
     for key in ("idle_ws", "idle_longpoll", "idle_ws_6x"):
