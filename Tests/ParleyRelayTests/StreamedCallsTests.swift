@@ -18,6 +18,29 @@ import Testing
         calls.finish()
     }
 
+    @Test func finishEndsTheCallOnceTheAnswersDueAreIn() async throws {
+        let received = Atomic(0)
+        // Answers nothing until its requests end, as a peer might that is slow to reply.
+        let calls = StreamedCalls<Int, Int>(timeout: .seconds(30)) { requests, answer in
+            var held: [Int] = []
+            for await request in requests {
+                held.append(request)
+                received.add(1, ordering: .sequentiallyConsistent)
+            }
+            for request in held { try answer(request * 10) }
+        }
+        async let first = calls.send(1)
+        async let second = calls.send(2)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while received.load(ordering: .sequentiallyConsistent) < 2, ContinuousClock.now < deadline { await Task.yield() }
+        calls.finish()
+        #expect(try await first == 10)
+        #expect(try await second == 20)
+        let ended = ContinuousClock.now + .seconds(10)
+        while !calls.isEnded, ContinuousClock.now < ended { await Task.yield() }
+        #expect(calls.isEnded)
+    }
+
     @Test func requestsWaitingWhenTheCallFailsFailAsUnavailable() async throws {
         let received = Atomic(0)
         let calls = StreamedCalls<Int, Int>(timeout: .seconds(30)) { requests, _ in
