@@ -19,7 +19,7 @@ package final class StreamedCalls<Request: Sendable, Response: Sendable>: Sendab
 
     private struct State {
         var waiting: [(sent: ContinuousClock.Instant, continuation: CheckedContinuation<Response, any Error>)] = []
-        /// Why the call ended; set once.
+        /// Why the call ended, as `unavailable`; set once.
         var ended: ParleyError?
     }
 
@@ -89,12 +89,15 @@ package final class StreamedCalls<Request: Sendable, Response: Sendable>: Sendab
     }
 
     private func end(_ reason: ParleyError) {
+        // Whatever ended the call, a request's fate is unknown: `unavailable` tells its caller
+        // to send it again.
+        let failure = ParleyError(.unavailable, reason.message)
         let waiting = state.withLock { state in
-            if state.ended == nil { state.ended = reason }
+            if state.ended == nil { state.ended = failure }
             defer { state.waiting = [] }
             return state.waiting
         }
         outbound.finish()
-        for entry in waiting { entry.continuation.resume(throwing: ParleyError(.unavailable, reason.message)) }
+        for entry in waiting { entry.continuation.resume(throwing: failure) }
     }
 }
