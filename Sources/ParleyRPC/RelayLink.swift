@@ -131,17 +131,7 @@ package struct RelayLink: Sendable {
                 if let session = open[index], !session.isEnded { return session }
                 let session = StreamedCalls<Parley_V1_AppendMessagesRequest, Parley_V1_AppendMessagesResponse>(
                     timeout: RelayLink.options.timeout ?? .seconds(10)
-                ) { requests, answer in
-                    try await RPCErrors.calling {
-                        try await relay.appendStream(
-                            requestProducer: { writer in
-                                for await batch in requests { try await writer.write(batch) }
-                            },
-                            onResponse: { response in
-                                for try await batch in response.messages { try answer(batch) }
-                            })
-                    }
-                }
+                ) { try await relay.appendStream(requestProducer: $0, onResponse: $1) }
                 open[index] = session
                 return session
             }

@@ -1,3 +1,4 @@
+import GRPCCore
 import ParleyCore
 import Synchronization
 
@@ -47,6 +48,26 @@ package final class StreamedCalls<Request: Sendable, Response: Sendable>: Sendab
                 reason = ParleyError(.unavailable, "the stream to the peer failed: \(error)")
             }
             self.end(reason)
+        }
+    }
+
+    /// Starts a generated bidirectional method, passed its request producer and response
+    /// handler: `{ try await client.method(requestProducer: $0, onResponse: $1) }`.
+    package convenience init(
+        timeout: Duration,
+        bidirectional method: @escaping @Sendable (
+            _ producer: @escaping @Sendable (RPCWriter<Request>) async throws -> Void,
+            _ onResponse: @escaping @Sendable (StreamingClientResponse<Response>) async throws -> Void
+        ) async throws -> Void
+    ) {
+        self.init(timeout: timeout) { requests, answer in
+            try await method(
+                { writer in
+                    for await request in requests { try await writer.write(request) }
+                },
+                { response in
+                    for try await message in response.messages { try answer(message) }
+                })
         }
     }
 

@@ -179,8 +179,9 @@ public final class DeliveryDispatcher: Service, Sendable {
                             connections.addTask { try? await connected.runConnections() }
                             client = connected
                         }
-                        if stream == nil || stream!.isEnded { stream = Self.stream(client!) }
-                        _ = try await stream!.send(request)
+                        let open = stream.flatMap { $0.isEnded ? nil : $0 } ?? Self.stream(client!)
+                        stream = open
+                        _ = try await open.send(request)
                         delivered.increment(by: items.count)
                         break
                     } catch {
@@ -223,15 +224,7 @@ public final class DeliveryDispatcher: Service, Sendable {
         _ client: GRPCClient<HTTP2ClientTransport.Posix>
     ) -> StreamedCalls<Parley_V1_DeliverRequest, Parley_V1_DeliverResponse> {
         let delivery = Parley_V1_Delivery.Client(wrapping: client)
-        return StreamedCalls(timeout: .seconds(5)) { requests, answer in
-            try await delivery.deliverStream(
-                requestProducer: { writer in
-                    for await request in requests { try await writer.write(request) }
-                },
-                onResponse: { response in
-                    for try await delivered in response.messages { try answer(delivered) }
-                })
-        }
+        return StreamedCalls(timeout: .seconds(5)) { try await delivery.deliverStream(requestProducer: $0, onResponse: $1) }
     }
 
     static func request(_ items: [Item]) -> Parley_V1_DeliverRequest {
