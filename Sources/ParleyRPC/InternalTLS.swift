@@ -124,7 +124,14 @@ public enum InternalSecurity: Sendable {
     /// Refuses a caller whose role is not among `roles`.
     @discardableResult
     package func authorize(_ context: ServerContext, _ roles: PeerRole...) throws -> PeerIdentity? {
-        guard let identity = try caller(context) else { return nil }
+        try Self.check(try caller(context), roles)
+    }
+
+    /// Refuses an identity read before with `caller` (nil: a plaintext plane) whose role is not
+    /// among `roles`. Reading the certificate is the costly part, so a stream reads it once.
+    @discardableResult
+    package static func check(_ identity: PeerIdentity?, _ roles: [PeerRole]) throws -> PeerIdentity? {
+        guard let identity else { return nil }
         guard roles.contains(identity.role) else {
             throw ParleyError(.forbidden, "a \(identity.role.rawValue) may not call this")
         }

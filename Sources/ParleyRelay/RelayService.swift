@@ -69,7 +69,7 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
 
     func appendMessage(request: Parley_V1_AppendMessageRequest, context: ServerContext) async throws -> Parley_V1_AppendMessageResponse {
         try await RPCErrors.serving {
-            let item = try appendItem(request, context)
+            let item = try appendItem(request, Result { try security.caller(context) })
             return try Self.response(try await committer.submit(item, origin: request.originNodeID))
         }
     }
@@ -77,7 +77,7 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
     static let maxAppendBatch = 256
 
     func appendMessages(request: Parley_V1_AppendMessagesRequest, context: ServerContext) async throws -> Parley_V1_AppendMessagesResponse {
-        try await RPCErrors.serving { try await appendBatch(request, context) }
+        try await RPCErrors.serving { try await appendBatch(request, Result { try security.caller(context) }) }
     }
 
     func appendStream(
@@ -89,16 +89,20 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
             // ends it. A batch whose commit was under way then is committed all the same and
             // only its answer is lost: the gateway sends it again, elsewhere, and gets the
             // stored seqs back as duplicates.
+            // The caller is the same for the whole stream: its certificate is read once.
+            let caller = Result { try security.caller(context) }
             try await cancelWhenGracefulShutdown {
                 for try await batch in request {
-                    try await response.write(try await appendBatch(batch, context))
+                    try await response.write(try await appendBatch(batch, caller))
                 }
             }
         }
     }
 
     /// Checks and stores one batch of messages, for `AppendMessages` and `AppendStream` alike.
-    private func appendBatch(_ request: Parley_V1_AppendMessagesRequest, _ context: ServerContext) async throws -> Parley_V1_AppendMessagesResponse {
+    private func appendBatch(
+        _ request: Parley_V1_AppendMessagesRequest, _ caller: Result<PeerIdentity?, any Error>
+    ) async throws -> Parley_V1_AppendMessagesResponse {
         guard request.messages.count <= Self.maxAppendBatch else {
             throw ParleyError(.invalidRequest, "at most \(Self.maxAppendBatch) messages per call")
         }
@@ -108,7 +112,7 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
         var accepted: [(index: Int, item: AppendItem, origin: String)] = []
         for (index, message) in request.messages.enumerated() {
             do {
-                accepted.append((index, try appendItem(message, context), message.originNodeID))
+                accepted.append((index, try appendItem(message, caller), message.originNodeID))
             } catch let error as ParleyError {
                 results[index] = Self.result(error)
             }
@@ -131,13 +135,17 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
     }
 
     /// A message to store, after the checks every append gets: the caller's role and node, the
-    /// sender, the agent, the id and the text.
-    private func appendItem(_ request: Parley_V1_AppendMessageRequest, _ context: ServerContext) throws -> AppendItem {
+    /// sender, the agent, the id and the text. `caller` is the peer's identity, or why it has none.
+    private func appendItem(_ request: Parley_V1_AppendMessageRequest, _ caller: Result<PeerIdentity?, any Error>) throws -> AppendItem {
         let conversation = try parseUUID(request.conversationID, "conversation_id")
         guard let sender = Sender(rawValue: request.sender), sender != .system else {
             throw ParleyError(.invalidRequest, "sender must be visitor or agent")
         }
-        if sender == .visitor { try ownNode(context, request.originNodeID) } else { try security.authorize(context, .agentGateway) }
+        if sender == .visitor {
+            try ownNode(try caller.get(), request.originNodeID)
+        } else {
+            try InternalSecurity.check(try caller.get(), [.agentGateway])
+        }
         let agent: UUID? = sender == .agent ? try parseUUID(request.agentID, "agent_id") : nil
         return AppendItem(
             conversationID: conversation, sender: sender, clientMsgID: try Validate.clientMsgID(request.clientMsgID),
@@ -275,7 +283,11 @@ struct RelayService: Parley_V1_Relay.SimpleServiceProtocol {
 
     /// A visitor gateway acts for its own node only: it cannot register, pin or resume as another.
     private func ownNode(_ context: ServerContext, _ node: String) throws {
-        guard let caller = try security.authorize(context, .visitorGateway) else { return }
+        try ownNode(try security.caller(context), node)
+    }
+
+    private func ownNode(_ identity: PeerIdentity?, _ node: String) throws {
+        guard let caller = try InternalSecurity.check(identity, [.visitorGateway]) else { return }
         guard caller.node == node else {
             throw ParleyError(.forbidden, "node \(caller.node) may not act as node \(node)")
         }
