@@ -142,10 +142,22 @@ def run_bench_measured(bin_dir, *args, timeout=1800):
 class Bench:
     def __init__(self, bin_dir, admin_url, postmaster, quick):
         self.bin, self.admin, self.postmaster, self.quick = bin_dir, admin_url, postmaster, quick
+        self.databases = []
 
     def cluster(self, visitor_gateways=2, agent_gateways=1):
-        return Cluster(self.bin, self.admin, visitor_gateways=visitor_gateways, agent_gateways=agent_gateways,
-                       visitor_gateway_args=BENCH_VG_ARGS, log_level="warning")
+        self.settle()
+        cluster = Cluster(self.bin, self.admin, visitor_gateways=visitor_gateways, agent_gateways=agent_gateways,
+                          visitor_gateway_args=BENCH_VG_ARGS, log_level="warning")
+        self.databases.append(cluster.db_name)
+        return cluster
+
+    def settle(self):
+        """Every cluster starts on a quiet server: the earlier clusters' databases are dropped (their
+        autovacuum would run in this one's window) and a checkpoint writes out their dirty pages."""
+        for db in self.databases:
+            subprocess.run(["psql", self.admin, "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True)
+        self.databases.clear()
+        subprocess.run(["psql", self.admin, "-qc", "CHECKPOINT"], check=True, capture_output=True)
 
     @staticmethod
     def agents(cluster, count):
@@ -173,6 +185,7 @@ class Bench:
             cluster.stop()
 
     def limit(self):
+        self.settle()
         db = f"bench_limit_{random.randrange(1 << 30)}"
         subprocess.run(["psql", self.admin, "-qc", f"CREATE DATABASE {db}"], check=True, capture_output=True)
         url = self.admin.rsplit("/", 1)[0] + "/" + db
