@@ -9,8 +9,9 @@ import Synchronization
 
 /// Everything that happens in the cluster, for connected agents: LISTENs to the relay's
 /// NOTIFY channel and fans the events out to every agent WebSocket of this gateway. Messages
-/// arrive inside the notification; only large ones and system events are read back. Changed
-/// conversations' summaries are refreshed in one query per tick, not one per event.
+/// arrive inside the notification; only large ones and system events are read back. The
+/// summaries of conversations that started or changed otherwise than by a message are sent in
+/// one query per tick, not one per event.
 ///
 /// After (re)connecting the LISTEN it sends `resync`, since notifications sent while it was
 /// away are not replayed: consoles then reload from their cursors.
@@ -121,11 +122,12 @@ final class AgentFeed: Service, Sendable {
     private func handle(_ payload: String) async {
         for line in payload.split(separator: "\n") {
             if line.hasPrefix("E ") {
-                // A message, inline: relayed as it is.
+                // A message, inline: relayed as it is. It changes only the summary's last_seq and
+                // last_message, which consoles take from the event, so no summary follows it: that
+                // was a query, and a frame to every agent, for every message.
                 let parts = line.split(separator: " ", maxSplits: 2)
                 guard parts.count == 3, let id = UUID(uuidString: String(parts[1])) else { continue }
                 broadcast(#"{"type":"event","conversation_id":"\#(id.uuidString.lowercased())","event":\#(parts[2])}"#)
-                changed(id)
                 continue
             }
             let parts = line.split(separator: " ")
@@ -143,7 +145,8 @@ final class AgentFeed: Service, Sendable {
                     for event in page.events where event.seq <= to {
                         let json = String(decoding: try JSONBody.encoder.encode(event), as: UTF8.self)
                         broadcast(#"{"type":"event","conversation_id":"\#(id.uuidString.lowercased())","event":\#(json)}"#)
-                        changed = true
+                        // Claims, transfers and closes change the status or the agent: a summary follows.
+                        if event.type != ConversationEvent.Kind.message { changed = true }
                     }
                     if changed { self.changed(id) }
                 default:

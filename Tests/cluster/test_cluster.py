@@ -411,6 +411,42 @@ def test_agent_websocket_sees_events_from_every_node(cluster):
     ws.close()
 
 
+def test_agent_websocket_sends_summaries_for_changes_but_not_for_messages(cluster):
+    """A message reaches consoles as its event frame alone; a start or a claim also sends the
+    conversation's summary. Frames are read in order, and a summary of the first conversation
+    after its message would come, at the latest, in the tick that sends the second one's first
+    summary: before the second one's claim."""
+    email, password = cluster.new_agent("Watcher")
+    agent = AgentClient(cluster.agent_url(), email, password)
+    ws_url = cluster.agent_url().replace("http://", "ws://") + "/v1/agent/ws"
+    ws = websocket.create_connection(ws_url, header=[f"Authorization: Bearer {agent.token}"], timeout=15)
+
+    def frames_until(predicate):
+        seen = []
+        while True:
+            frame = json.loads(ws.recv())
+            seen.append(frame)
+            if predicate(frame):
+                return seen
+
+    def summary_of(conversation, status):
+        return lambda f: f["type"] == "conversation" and f["conversation"]["id"] == conversation and f["conversation"]["status"] == status
+
+    first = Visitor(cluster.lb_url)
+    first.start()
+    frames_until(summary_of(first.conversation, "queued"))
+    assert first.send("only an event, please").status_code == 201
+    frames_until(lambda f: f["type"] == "event" and f["conversation_id"] == first.conversation and f["event"]["seq"] == 1)
+    second = Visitor(cluster.lb_url)
+    second.start()
+    after = frames_until(summary_of(second.conversation, "queued"))
+    assert agent.claim(second.conversation).status_code == 200
+    after += frames_until(summary_of(second.conversation, "open"))
+    assert [f for f in after if f["type"] == "conversation" and f["conversation"]["id"] == first.conversation] == []
+    assert any(f["type"] == "event" and f["conversation_id"] == second.conversation and f["event"]["type"] == "agent_joined" for f in after)
+    ws.close()
+
+
 def test_kill_the_pinned_node_and_the_visitor_goes_on_elsewhere(cluster):
     visitor, agent = open_conversation(cluster)
     for n in range(3):
