@@ -94,15 +94,26 @@ public struct EventStore: Sendable {
     /// stored (or earlier in the batch) answers with its original seq. Items that fail a check
     /// (unknown conversation, closed, wrong agent) get `.failed` and do not abort the batch; a
     /// database error throws, and then nothing of the batch was committed. The agent gateways
-    /// are notified in the same transaction (`parley_append`, migration 4).
+    /// are notified in the same transaction (`parley_append`, migration 4; a batch of one message
+    /// goes to `parley_append_one`, migration 6, which answers the same for less).
     public func append(_ items: [AppendItem]) async throws -> [AppendOutcome] {
         guard !items.isEmpty else { return [] }
-        let rows = try await client.query(
-            """
-            SELECT o_outcome, o_seq, o_created_ms, o_pinned_node, o_agent_name
-            FROM parley_append(\(items.map(\.conversationID)), \(items.map(\.sender.rawValue)), \(items.map(\.text)),
-                               \(items.map(\.clientMsgID)), \(items.map { $0.agentID?.uuidString ?? "" }))
-            """, logger: logger)
+        let rows: PostgresRowSequence
+        if items.count == 1, let item = items.first {
+            rows = try await client.query(
+                """
+                SELECT o_outcome, o_seq, o_created_ms, o_pinned_node, o_agent_name
+                FROM parley_append_one(\(item.conversationID), \(item.sender.rawValue), \(item.text), \(item.clientMsgID),
+                                       \(item.agentID?.uuidString ?? ""))
+                """, logger: logger)
+        } else {
+            rows = try await client.query(
+                """
+                SELECT o_outcome, o_seq, o_created_ms, o_pinned_node, o_agent_name
+                FROM parley_append(\(items.map(\.conversationID)), \(items.map(\.sender.rawValue)), \(items.map(\.text)),
+                                   \(items.map(\.clientMsgID)), \(items.map { $0.agentID?.uuidString ?? "" }))
+                """, logger: logger)
+        }
         var outcomes: [AppendOutcome] = []
         outcomes.reserveCapacity(items.count)
         for try await (outcome, seq, millis, node, agentName) in rows.decode((String, Int64?, Int64?, String?, String?).self) {

@@ -105,6 +105,131 @@ struct StoreTests {
         }
     }
 
+    /// A batch of one message goes to `parley_append_one`, a batch of more to `parley_append`:
+    /// the same story told both ways gets the same answers.
+    @Test func oneMessageAloneIsAnsweredAsInABatch() async throws {
+        try await withDatabase { client, logger in
+            let store = EventStore(client: client, logger: logger)
+            let ann = try await makeAgent(client, logger)
+            let bob = try await makeAgent(client, logger, name: "Bob")
+            var told: [[String]] = []
+            for alone in [true, false] {
+                let (id, _) = try await store.startConversation(pinnedNode: "vg-a", visitorName: "", visitorEmail: "", topic: "")
+                let (other, _) = try await store.startConversation(pinnedNode: "vg-a", visitorName: "", visitorEmail: "", topic: "")
+                _ = try await store.claim(conversationID: id, agentID: ann.id)
+                var beside = 0
+                // In a batch, each message goes beside one to another conversation, and first.
+                let append = { (item: AppendItem) async throws -> AppendOutcome in
+                    beside += 1
+                    let extra = AppendItem(conversationID: other, sender: .visitor, clientMsgID: "o\(beside)", text: "beside")
+                    return try await store.append(alone ? [item] : [item, extra])[0]
+                }
+                var outcomes = [
+                    try await append(AppendItem(conversationID: id, sender: .visitor, clientMsgID: "v1", text: "hello")),
+                    try await append(AppendItem(conversationID: id, sender: .agent, clientMsgID: "a1", text: "hi", agentID: ann.id)),
+                    try await append(AppendItem(conversationID: id, sender: .visitor, clientMsgID: "v1", text: "hello, again")),
+                    try await append(AppendItem(conversationID: id, sender: .agent, clientMsgID: "b1", text: "me?", agentID: bob.id)),
+                    try await append(AppendItem(conversationID: id, sender: .agent, clientMsgID: "n1", text: "nobody")),
+                    try await append(AppendItem(conversationID: UUID(), sender: .visitor, clientMsgID: "x1", text: "nowhere")),
+                    try await append(AppendItem(conversationID: id, sender: .visitor, clientMsgID: "v2", text: String(repeating: "é", count: 4000))),
+                ]
+                _ = try await store.close(conversationID: id, agentID: ann.id)
+                outcomes.append(try await append(AppendItem(conversationID: id, sender: .visitor, clientMsgID: "v3", text: "late")))
+                told.append(outcomes.map { outcome in
+                    switch outcome {
+                    case .stored(let event, let node):
+                        "stored \(event.seq) \(event.sender.rawValue) \(event.text.prefix(8)) \(event.agent?.name ?? "-") \(node ?? "-")"
+                    case .duplicate(let seq, _): "duplicate \(seq)"
+                    case .failed(let error): "failed \(error.code)"
+                    }
+                })
+            }
+            #expect(told[0] == told[1])
+            #expect(told[0] == [
+                "stored 2 visitor hello - vg-a", "stored 3 agent hi Ann vg-a", "duplicate 2", "failed not_assigned", "failed not_assigned",
+                "failed not_found", "stored 4 visitor éééééééé - vg-a", "failed conversation_closed",
+            ])
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1))) func oneMessageAloneTravelsInsideItsNotificationUnlessTooLarge() async throws {
+        try await withDatabase { client, logger in
+            let store = EventStore(client: client, logger: logger)
+            let (id, _) = try await store.startConversation(pinnedNode: "vg-t", visitorName: "", visitorEmail: "", topic: "")
+            let ann = try await makeAgent(client, logger)
+            _ = try await store.claim(conversationID: id, agentID: ann.id)
+            let conversation = id.uuidString.lowercased()
+            let lines = try await client.withConnection { connection in
+                let notifications = try await connection.listen(EventStore.notifyChannel)
+                var iterator = notifications.makeAsyncIterator()
+                _ = try await store.append([AppendItem(conversationID: id, sender: .agent, clientMsgID: "m1", text: "hi \"there\"", agentID: ann.id)])
+                _ = try await store.append([AppendItem(conversationID: id, sender: .visitor, clientMsgID: "m2", text: String(repeating: "é", count: 4000))])
+                var lines: [String] = []
+                while lines.count < 2, let notification = try await iterator.next() {
+                    lines += notification.payload.split(separator: "\n").map(String.init).filter { $0.contains(conversation) }
+                }
+                return lines
+            }
+            #expect(lines.count == 2)
+            #expect(lines.last == "e \(conversation) 3 3")
+            let inline = try #require(lines.first)
+            #expect(inline.hasPrefix("E \(conversation) {"))
+            let event = try JSONDecoder().decode(ConversationEvent.self, from: Data(inline.split(separator: " ", maxSplits: 2)[2].utf8))
+            let stored = try await store.events(conversationID: id, after: 1, limit: 1).events
+            #expect(event == stored.first)
+            #expect(event.agent == AgentRef(id: ann.id.uuidString.lowercased(), name: "Ann"))
+        }
+    }
+
+    /// A connection keeps the plan it made on its first batch. Made on a new database's empty
+    /// tables, that plan must still probe the indexes once `events` is large, not read it whole.
+    @Test func aBatchReadsOnlyItsOwnRowsWhateverTheTablesWereWhenPlanned() async throws {
+        let name = "parley_plan_\(UUID().uuidString.prefix(8).lowercased())"
+        try await withDatabase { client, _ in try await client.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)")) }
+        var url = try DatabaseURL(try #require(testDatabaseURL))
+        url.database = name
+        var logger = Logger(label: "store-tests")
+        logger.logLevel = .error
+        // One connection: the plan made by the first batch is the one the last batch runs.
+        let client = PostgresClient(configuration: url.clientConfiguration(maxConnections: 1), backgroundLogger: logger)
+        let read = try await withThrowingTaskGroup(of: Int64?.self) { group in
+            group.addTask {
+                await client.run()
+                return nil
+            }
+            defer { group.cancelAll() }
+            try await Migrations.migrate(client, logger: logger)
+            let store = EventStore(client: client, logger: logger)
+            let (id, _) = try await store.startConversation(pinnedNode: "vg-p", visitorName: "", visitorEmail: "", topic: "")
+            let (other, _) = try await store.startConversation(pinnedNode: "vg-p", visitorName: "", visitorEmail: "", topic: "")
+            _ = try await store.append([
+                AppendItem(conversationID: id, sender: .visitor, clientMsgID: "p1", text: "x"),
+                AppendItem(conversationID: id, sender: .visitor, clientMsgID: "p2", text: "y"),
+            ])
+            try await client.query(
+                """
+                INSERT INTO events (conversation_id, seq, type, sender, text, client_msg_id)
+                SELECT \(other), n, 'message', 'visitor', 'filler', 'f' || n FROM generate_series(1, 5000) AS n
+                """, logger: logger)
+            try await client.query("UPDATE conversations SET last_seq = 5000 WHERE id = \(other)", logger: logger)
+            return try await client.withTransaction(logger: logger) { tx in
+                let outcomes = try await tx.query(
+                    """
+                    SELECT o_outcome FROM parley_append(\([id, other]), \(["visitor", "visitor"]), \(["z", "z"]), \(["p3", "p4"]), \(["", ""]))
+                    """, logger: logger)
+                for try await outcome in outcomes.decode(String.self) { #expect(outcome == "stored") }
+                let rows = try await tx.query(
+                    "SELECT pg_stat_get_xact_tuples_returned('events'::regclass) + pg_stat_get_xact_tuples_fetched('events'::regclass)",
+                    logger: logger)
+                for try await count in rows.decode(Int64.self) { return count }
+                return -1
+            }
+        }
+        try await withDatabase { client, _ in try await client.query(PostgresQuery(unsafeSQL: "DROP DATABASE \(name) WITH (FORCE)")) }
+        // Two duplicate probes; the 5,000 rows of the other conversation stay unread.
+        #expect((0..<50).contains(read), "the batch read \(read) rows of events")
+    }
+
     @Test func concurrentBatchesNeverShareOrSkipASequenceNumber() async throws {
         try await withDatabase { client, logger in
             let store = EventStore(client: client, logger: logger)
@@ -362,6 +487,7 @@ struct RoleTests {
             #expect(await refused(client, logger, "DELETE FROM audit_log"))
             #expect(await refused(client, logger, "TRUNCATE audit_log"))
             #expect(await refused(client, logger, "SELECT * FROM parley_append(ARRAY['\(id)'::uuid], ARRAY['visitor'], ARRAY['x'], ARRAY['ag-1'], ARRAY[''])"))
+            #expect(await refused(client, logger, "SELECT * FROM parley_append_one('\(id)'::uuid, 'visitor', 'x', 'ag-2', '')"))
             #expect(await refused(client, logger, "CREATE TABLE intruder (x int)"))
         }
     }
