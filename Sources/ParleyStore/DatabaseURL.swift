@@ -113,9 +113,11 @@ public struct DatabaseURL: Sendable, Hashable {
         // The pool starts a keep-alive timer and, above its minimum, an idle timer each time a
         // connection goes back idle, and cancels them at the next lease: two tasks and two timers
         // per query, which Swift runs on Dispatch's threads (profiled: a tenth of the relay's CPU).
-        // Half the connections stay open, so steady traffic needs no idle timers; keep-alive
-        // queries are off: a dead connection shows as the failure of the next query on it.
-        configuration.options.minimumConnections = maxConnections / 2
+        // Keep-alive queries are off, which halves that: a dead connection shows as the failure
+        // of the next query on it. The minimum stays 0: with connections kept open, PostgresNIO
+        // 1.33's pool trips a precondition (`createNewDemandConnectionIfPossible`) when
+        // PostgreSQL crashes under load, which the chaos suite's postgres-crash class found.
+        configuration.options.minimumConnections = 0
         configuration.options.keepAliveBehavior = nil
         return configuration
     }
