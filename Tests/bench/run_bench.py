@@ -145,11 +145,20 @@ class Bench:
         self.databases = []
 
     def cluster(self, visitor_gateways=2, agent_gateways=1):
-        self.settle()
-        cluster = Cluster(self.bin, self.admin, visitor_gateways=visitor_gateways, agent_gateways=agent_gateways,
-                          visitor_gateway_args=BENCH_VG_ARGS, log_level="warning")
-        self.databases.append(cluster.db_name)
-        return cluster
+        # A start can fail on a port taken between free_port and the node's bind, likelier after
+        # the idle scenarios have churned through 100,000 connections: try again, twice.
+        for attempt in range(3):
+            self.settle()
+            try:
+                cluster = Cluster(self.bin, self.admin, visitor_gateways=visitor_gateways, agent_gateways=agent_gateways,
+                                  visitor_gateway_args=BENCH_VG_ARGS, log_level="warning")
+            except Exception as error:
+                print(f"   cluster start failed ({str(error)[:200]}); retrying", file=sys.stderr, flush=True)
+                if attempt == 2:
+                    raise
+                continue
+            self.databases.append(cluster.db_name)
+            return cluster
 
     def settle(self):
         """Every cluster starts on a quiet server: the earlier clusters' databases are dropped (their

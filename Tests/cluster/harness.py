@@ -149,16 +149,22 @@ class Cluster:
         self.visitor_gateways = {}
         self.agent_gateways = {}
         self.haproxy = None
-        self.relay.start()
-        wait_until(lambda: self.relay.health().status_code == 200, what="relay health")
-        for n in range(1, visitor_gateways + 1):
-            self.add_visitor_gateway(f"vg-{n}")
-        for n in range(1, agent_gateways + 1):
-            self.add_agent_gateway(f"ag-{n}")
-        for node in list(self.visitor_gateways.values()) + list(self.agent_gateways.values()):
-            wait_until(lambda: node.health().status_code == 200, what=f"{node.name} health")
-        self.lb_port = free_port()
-        self.start_haproxy()
+        try:
+            self.relay.start()
+            wait_until(lambda: self.relay.health().status_code == 200, what="relay health")
+            for n in range(1, visitor_gateways + 1):
+                self.add_visitor_gateway(f"vg-{n}")
+            for n in range(1, agent_gateways + 1):
+                self.add_agent_gateway(f"ag-{n}")
+            for node in list(self.visitor_gateways.values()) + list(self.agent_gateways.values()):
+                wait_until(lambda: node.health().status_code == 200, what=f"{node.name} health")
+            self.lb_port = free_port()
+            self.start_haproxy()
+        except BaseException:
+            # A node that could not start (a port taken between free_port and its bind) must not
+            # leave the ones that did running.
+            self.stop()
+            raise
 
     # --- processes -----------------------------------------------------------------------
     def add_visitor_gateway(self, name, start=True, extra_args=()):
