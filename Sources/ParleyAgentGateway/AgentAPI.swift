@@ -184,24 +184,17 @@ struct AgentAPI: Sendable {
         api.ws("ws") { request, context in
             do {
                 _ = try await authenticate(request, context)
+                _ = try AgentSocket.events(for: request)
                 return .upgrade([:])
             } catch {
                 return .dontUpgrade
             }
         } onUpgrade: { inbound, outbound, context in
-            let (id, frames) = feed.subscribe()
-            defer { feed.unsubscribe(id) }
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    for await frame in frames { try await outbound.write(.text(frame)) }
-                }
-                group.addTask {
-                    // Agents send nothing yet; reading keeps close and ping frames flowing.
-                    for try await _ in inbound.messages(maxSize: 4096) {}
-                }
-                try await group.next()
-                group.cancelAll()
-            }
+            // The upgrade was authenticated a moment ago: this finds the session in the cache.
+            let (_, token) = try await authenticate(context.request, context.requestContext)
+            let socket = AgentSocket(
+                api: self, token: token, refusal: AgentSocket.refusal(for: context.request), events: try AgentSocket.events(for: context.request))
+            try await socket.run(inbound: inbound, outbound: outbound)
         }
     }
 

@@ -36,21 +36,26 @@ final class AgentFeed: Service, Sendable {
         self.logger = logger
     }
 
-    /// A stream of JSON frames for one agent socket; ends when `unsubscribe` is called.
-    func subscribe() -> (UInt64, AsyncStream<String>) {
+    /// A stream of JSON frames for one agent socket, and its continuation, through which the
+    /// socket adds its own frames (answers to its replies) in line with the feed's; ends when
+    /// `unsubscribe` is called.
+    /// With `events` false the stream carries only the socket's own frames: for a client that
+    /// only sends (an integration), which the feed's fan-out would otherwise cost a write per event.
+    func subscribe(events: Bool = true) -> (UInt64, AsyncStream<String>, AsyncStream<String>.Continuation) {
         // Agents are few; a console too slow for 10,000 frames loses the oldest ones and fills the
         // gap from the events API when it notices a jump in a conversation's seq.
         let (stream, continuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(10_000))
         let id = state.withLock { state -> UInt64 in
             state.nextID += 1
-            state.subscribers[state.nextID] = continuation
+            if events { state.subscribers[state.nextID] = continuation }
             return state.nextID
         }
-        return (id, stream)
+        return (id, stream, continuation)
     }
 
-    func unsubscribe(_ id: UInt64) {
-        state.withLock { $0.subscribers.removeValue(forKey: id) }?.finish()
+    func unsubscribe(_ id: UInt64, _ continuation: AsyncStream<String>.Continuation) {
+        state.withLock { _ = $0.subscribers.removeValue(forKey: id) }
+        continuation.finish()
     }
 
     private func broadcast(_ frame: String) {

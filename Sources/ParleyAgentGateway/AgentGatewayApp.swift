@@ -53,7 +53,7 @@ public enum AgentGatewayApp {
         api.register(on: router)
         let app = Application(
             router: router,
-            server: .http1WebSocketUpgrade(webSocketRouter: router, configuration: .init(maxFrameSize: 16 * 1024)),
+            server: .http1WebSocketUpgrade(webSocketRouter: router, configuration: .init(maxFrameSize: Limits.requestBodyMaxBytes)),
             configuration: .init(address: .hostname(configuration.httpListen.host, port: configuration.httpListen.port), serverName: nil),
             logger: logger)
         let health = NodeHealth()

@@ -48,9 +48,11 @@ public struct BenchCommand: AsyncParsableCommand {
         @Option(help: "Failover: that gateway's node id.") var killNode: String?
         @Option(help: "Failover: seconds into the measured window.") var killAfter = 5.0
         @Option(help: "name=pid pairs, comma-separated, whose CPU to read over the sending window.") var watch: String = ""
+        @Option(help: "How agents reply: ws (over their WebSocket) or post.") var agentReplies = "ws"
 
         func run() async throws {
             guard let transport = VisitorTransport(rawValue: transport) else { throw ValidationError("--transport must be ws, longpoll or sse") }
+            guard let replies = ChatOptions.AgentReplies(rawValue: agentReplies) else { throw ValidationError("--agent-replies must be ws or post") }
             var kill: ChatOptions.Kill?
             if let killPid, let killNode { kill = .init(pid: killPid, node: killNode, afterSeconds: killAfter) }
             var watched: [String: Int32] = [:]
@@ -63,6 +65,7 @@ public struct BenchCommand: AsyncParsableCommand {
                 loadBalancer: lb, agentGateways: agentGateways.split(separator: ",").map(String.init), agents: try BenchCommand.credentials(agents),
                 conversations: conversations, rate: rate, seconds: seconds, warmupSeconds: warmup, transport: transport, kill: kill)
             options.watch = watched
+            options.agentReplies = replies
             try BenchCommand.printJSON(try await ChatScenario.run(options, logger: BenchCommand.logger))
         }
     }

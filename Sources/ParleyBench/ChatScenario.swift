@@ -19,6 +19,13 @@ public struct ChatOptions: Sendable, Codable {
     public var kill: Kill?
     /// Processes whose CPU seconds are read from /proc over the sending window only (setup excluded).
     public var watch: [String: Int32] = [:]
+    /// How agents send their replies: over their WebSocket (the default) or one `POST` each.
+    public var agentReplies: AgentReplies = .webSocket
+
+    public enum AgentReplies: String, Sendable, Codable {
+        case webSocket = "ws"
+        case post
+    }
 
     public struct Credentials: Sendable, Codable {
         public var email: String
@@ -138,7 +145,17 @@ public enum ChatScenario {
                 return started.map { $0! }
             }
             for visitor in visitors { background.addTask { await visitor.receive(logger: logger) } }
-            try await waitFor("every visitor connected", seconds: 60) { visitors.allSatisfy(\.connected) }
+            // One reply socket per agent and agent gateway, keyed as the senders below pick them.
+            let replySockets: [BenchReplySocket] =
+                options.agentReplies == .webSocket
+                ? (0..<(agents.count * options.agentGateways.count)).map { key in
+                    BenchReplySocket(
+                        agent: agents[key % agents.count].on(options.agentGateways[key % options.agentGateways.count]), tracker: tracker)
+                } : []
+            for socket in replySockets { background.addTask { await socket.run(logger: logger) } }
+            try await waitFor("every visitor connected", seconds: 60) {
+                visitors.allSatisfy(\.connected) && replySockets.allSatisfy(\.connected)
+            }
             // Let the claims' events arrive before anything is measured.
             try await Task.sleep(for: .milliseconds(500))
 
@@ -178,6 +195,9 @@ public enum ChatScenario {
                         let text = BenchText.make(scheduled: scheduled)
                         if fromVisitor {
                             senders.addTask { await visitor.send(text: text, clientMsgID: id, deadline: sendDeadline) }
+                        } else if !replySockets.isEmpty {
+                            let socket = replySockets[(index % visitors.count) % replySockets.count]
+                            senders.addTask { await socket.send(conversation: visitor.conversation, text: text, clientMsgID: id) }
                         } else {
                             let agent = agents[(index % visitors.count) % agents.count].on(
                                 options.agentGateways[(index % visitors.count) % options.agentGateways.count])

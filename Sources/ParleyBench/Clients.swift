@@ -34,14 +34,19 @@ struct WireFrame: Decodable {
     var event: WireEvent?
     var events: [WireEvent]?
     var lastSeq: Int64?
+    var error: WireError?
     enum CodingKeys: String, CodingKey {
-        case type, seq, text, sender, event, events, token, code
+        case type, seq, text, sender, event, events, token, code, error
         case clientMsgID = "client_msg_id"
         case conversationID = "conversation_id"
         case visitorToken = "visitor_token"
         case nodeID = "node_id"
         case lastSeq = "last_seq"
     }
+}
+
+struct WireError: Decodable {
+    var code: String?
 }
 
 struct WireEvent: Decodable {
@@ -119,6 +124,26 @@ func quoteJSON(_ string: String) -> String {
     String(decoding: (try? JSONEncoder().encode(string)) ?? Data("\"\"".utf8), as: UTF8.self)
 }
 
+/// Frames sent over a WebSocket and not answered yet, and the socket's writer while it is open:
+/// what a reconnect sends again.
+struct Unanswered {
+    var writer: WebSocketOutboundWriter?
+    var pending: [String: String] = [:]
+    var connected = false
+
+    /// The socket is open: the frames to send again on it.
+    mutating func opened(_ outbound: WebSocketOutboundWriter) -> [String] {
+        connected = true
+        writer = outbound
+        return Array(pending.values)
+    }
+
+    mutating func closed() {
+        connected = false
+        writer = nil
+    }
+}
+
 /// One visitor: started through the load balancer (or straight at a gateway), pinned by the
 /// `parley_node` cookie as a browser is, receiving over one transport and resuming from its
 /// cursor on any node after a failure.
@@ -134,15 +159,14 @@ public final class BenchVisitor: Sendable {
     struct State {
         var node: String
         var cursor: Int64 = 0
-        var connected = false
-        var writer: WebSocketOutboundWriter?
-        /// Messages sent over the WebSocket and not acknowledged yet, resent after a reconnect.
-        var pending: [String: String] = [:]
+        /// Messages sent over the WebSocket and not acknowledged yet, resent after a reconnect;
+        /// `connected` is set by every transport.
+        var socket = Unanswered()
         var firstReceiveAfter: (UInt64, UInt64?)? = nil
     }
 
     public var node: String { state.withLock { $0.node } }
-    public var connected: Bool { state.withLock { $0.connected } }
+    public var connected: Bool { state.withLock { $0.socket.connected } }
 
     /// Starts a conversation at `base` (the load balancer or a gateway).
     public static func start(base: String, transport: VisitorTransport, tracker: DeliveryTracker, http: HTTP) async throws -> BenchVisitor {
@@ -214,10 +238,7 @@ public final class BenchVisitor: Sendable {
             } catch {
                 failures += 1
             }
-            state.withLock {
-                $0.connected = false
-                $0.writer = nil
-            }
+            state.withLock { $0.socket.closed() }
             if Task.isCancelled { return }
             try? await Task.sleep(for: .milliseconds(min(500, 20 * failures)))
         }
@@ -229,7 +250,7 @@ public final class BenchVisitor: Sendable {
             let response = try await http.call(.GET, "\(base)/v1/conversations/\(conversation)/events?after=\(cursor)&wait=25", headers: headers)
             noteCookie(response.headers)
             guard response.status == 200, let page = HTTP.decode(response.body) else { throw BenchError("poll: HTTP \(response.status)") }
-            state.withLock { $0.connected = true }
+            state.withLock { $0.socket.connected = true }
             let now = wallNanos()
             for event in page.events ?? [] { deliver(event, at: now) }
         }
@@ -242,7 +263,7 @@ public final class BenchVisitor: Sendable {
         let response = try await http.client.execute(request, timeout: .hours(1))
         noteCookie(response.headers)
         guard response.status == .ok else { throw BenchError("stream: HTTP \(response.status.code)") }
-        state.withLock { $0.connected = true }
+        state.withLock { $0.socket.connected = true }
         var pending = ""
         for try await chunk in response.body {
             pending += String(buffer: chunk)
@@ -266,12 +287,7 @@ public final class BenchVisitor: Sendable {
         try await WebSocketClient.connect(
             url: url, configuration: .init(maxFrameSize: 1 << 16, additionalHeaders: fields), logger: logger
         ) { inbound, outbound, _ in
-            let resend: [String] = self.state.withLock { s in
-                s.connected = true
-                s.writer = outbound
-                return Array(s.pending.values)
-            }
-            for frame in resend { try await outbound.write(.text(frame)) }
+            for frame in self.state.withLock({ $0.socket.opened(outbound) }) { try await outbound.write(.text(frame)) }
             for try await message in inbound.messages(maxSize: 1 << 20) {
                 guard case .text(let text) = message else { continue }
                 let now = wallNanos()
@@ -279,12 +295,12 @@ public final class BenchVisitor: Sendable {
                 switch frame.type {
                 case "ack":
                     if let id = frame.clientMsgID {
-                        self.state.withLock { _ = $0.pending.removeValue(forKey: id) }
+                        self.state.withLock { _ = $0.socket.pending.removeValue(forKey: id) }
                         self.tracker.acked(id)
                     }
                 case "error":
                     if let id = frame.clientMsgID, !id.isEmpty {
-                        self.state.withLock { _ = $0.pending.removeValue(forKey: id) }
+                        self.state.withLock { _ = $0.socket.pending.removeValue(forKey: id) }
                         self.tracker.sendFailed()
                     }
                 case "move":
@@ -306,8 +322,8 @@ public final class BenchVisitor: Sendable {
         if transport == .webSocket {
             let frame = #"{"type":"message","client_msg_id":"\#(clientMsgID)","text":\#(quoteJSON(text))}"#
             let writer: WebSocketOutboundWriter? = state.withLock { s in
-                s.pending[clientMsgID] = frame
-                return s.writer
+                s.socket.pending[clientMsgID] = frame
+                return s.socket.writer
             }
             // Not connected: the frame goes out with the others when the socket is back.
             try? await writer?.write(.text(frame))
@@ -320,7 +336,71 @@ public final class BenchVisitor: Sendable {
     }
 }
 
-/// An agent account: logs in, claims, replies by POST, and (one per run) reads the feed.
+/// An agent's replies over its WebSocket (`/v1/agent/ws?events=none`): each reply a frame,
+/// answered by an `ack` or an `error` frame; frames not answered yet are sent again, with the
+/// same `client_msg_id`, after a reconnect, and those refused as `rate_limited` or
+/// `unavailable` a moment later.
+public final class BenchReplySocket: Sendable {
+    let agent: BenchAgent
+    let tracker: DeliveryTracker
+    private let state = Mutex(Unanswered())
+
+    init(agent: BenchAgent, tracker: DeliveryTracker) {
+        self.agent = agent
+        self.tracker = tracker
+    }
+
+    public var connected: Bool { state.withLock { $0.connected } }
+
+    /// Keeps the socket open until cancelled.
+    func run(logger: Logger) async {
+        var fields = HTTPFields()
+        fields[.authorization] = "Bearer \(agent.token)"
+        let url = agent.base.replacingOccurrences(of: "http://", with: "ws://") + "/v1/agent/ws?events=none"
+        while !Task.isCancelled {
+            _ = try? await WebSocketClient.connect(url: url, configuration: .init(maxFrameSize: 1 << 20, additionalHeaders: fields), logger: logger) {
+                inbound, outbound, _ in
+                for frame in self.state.withLock({ $0.opened(outbound) }) { try await outbound.write(.text(frame)) }
+                for try await message in inbound.messages(maxSize: 1 << 20) {
+                    guard case .text(let text) = message, let frame = try? JSONDecoder().decode(WireFrame.self, from: Data(text.utf8)),
+                        let id = frame.clientMsgID
+                    else { continue }
+                    if frame.type == "ack" {
+                        self.state.withLock { _ = $0.pending.removeValue(forKey: id) }
+                        self.tracker.acked(id)
+                    } else if frame.type == "error" {
+                        if frame.error?.code == "rate_limited" || frame.error?.code == "unavailable" {
+                            let again = self.state.withLock { $0.pending[id] }
+                            if let again {
+                                Task {
+                                    try? await Task.sleep(for: .milliseconds(50))
+                                    try? await outbound.write(.text(again))
+                                }
+                            }
+                        } else if self.state.withLock({ $0.pending.removeValue(forKey: id) }) != nil {
+                            self.tracker.sendFailed()
+                        }
+                    }
+                }
+            }
+            state.withLock { $0.closed() }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    /// Sends one reply; it goes out again after a reconnect until it is answered.
+    func send(conversation: String, text: String, clientMsgID: String) async {
+        let frame = #"{"type":"message","conversation_id":"\#(conversation)","client_msg_id":"\#(clientMsgID)","text":\#(quoteJSON(text))}"#
+        let writer: WebSocketOutboundWriter? = state.withLock { s in
+            s.pending[clientMsgID] = frame
+            return s.writer
+        }
+        try? await writer?.write(.text(frame))
+    }
+}
+
+/// An agent account: logs in, claims, replies by POST (or through a `BenchReplySocket`), and
+/// (one per run) reads the feed.
 public struct BenchAgent: Sendable {
     public let id: String
     let token: String

@@ -88,15 +88,15 @@ package struct RelayLink: Sendable {
     private final class AppendQueue: Sendable {
         struct Pending {
             var request: Parley_V1_AppendMessageRequest
-            var continuation: CheckedContinuation<Parley_V1_AppendResult, any Error>
+            var resume: @Sendable (Result<Parley_V1_AppendResult, any Error>) -> Void
         }
 
         private let state = Mutex((queue: [Pending](), sending: false))
 
         /// Queues a message; true when the caller must start sending (no call is in flight).
-        func add(_ request: Parley_V1_AppendMessageRequest, _ continuation: CheckedContinuation<Parley_V1_AppendResult, any Error>) -> Bool {
+        func add(_ request: Parley_V1_AppendMessageRequest, _ resume: @escaping @Sendable (Result<Parley_V1_AppendResult, any Error>) -> Void) -> Bool {
             state.withLock { state in
-                state.queue.append(Pending(request: request, continuation: continuation))
+                state.queue.append(Pending(request: request, resume: resume))
                 guard !state.sending else { return false }
                 state.sending = true
                 return true
@@ -169,13 +169,27 @@ package struct RelayLink: Sendable {
     /// next batch, so a busy gateway pays the per-batch cost once for many. Batches go on one
     /// long-lived `AppendStream` per relay, which spares each one a call's cost.
     package func append(_ request: Parley_V1_AppendMessageRequest) async throws -> Parley_V1_AppendMessageResponse {
-        let result: Parley_V1_AppendResult = try await withCheckedThrowingContinuation { continuation in
-            if appends.add(request, continuation) {
-                Task { await self.sendAppends() }
-            }
+        try await withCheckedThrowingContinuation { continuation in
+            append(request) { continuation.resume(with: $0) }
         }
-        guard result.errorCode.isEmpty else { throw ParleyError(ParleyError.Code(wireValue: result.errorCode), result.errorMessage) }
-        return result.stored
+    }
+
+    /// Stores one message, as `append(_:) async` does, but queues it before returning: messages
+    /// queued one after the other by one caller go to the relay in that order, without the
+    /// caller waiting for each answer. `completion` runs once, with the answer.
+    package func append(
+        _ request: Parley_V1_AppendMessageRequest, completion: @escaping @Sendable (Result<Parley_V1_AppendMessageResponse, any Error>) -> Void
+    ) {
+        let start = appends.add(request) { result in
+            completion(
+                result.flatMap { result in
+                    guard result.errorCode.isEmpty else {
+                        return .failure(ParleyError(ParleyError.Code(wireValue: result.errorCode), result.errorMessage))
+                    }
+                    return .success(result.stored)
+                })
+        }
+        if start { Task { await self.sendAppends() } }
     }
 
     /// Sends queued messages, one batch at a time, until the queue is empty.
@@ -188,9 +202,9 @@ package struct RelayLink: Sendable {
                 guard response.results.count == batch.count else {
                     throw ParleyError(.unavailable, "the relay answered \(response.results.count) results for \(batch.count) messages")
                 }
-                for (pending, result) in zip(batch, response.results) { pending.continuation.resume(returning: result) }
+                for (pending, result) in zip(batch, response.results) { pending.resume(.success(result)) }
             } catch {
-                for pending in batch { pending.continuation.resume(throwing: error) }
+                for pending in batch { pending.resume(.failure(error)) }
             }
         }
     }
@@ -261,12 +275,17 @@ package struct RelayLink: Sendable {
 
     /// Stores an agent's message.
     package func append(conversation: UUID, agent: UUID, clientMsgID: String, text: String) async throws -> Parley_V1_AppendMessageResponse {
+        try await append(Self.agentMessage(conversation: conversation, agent: agent, clientMsgID: clientMsgID, text: text))
+    }
+
+    /// An agent's message, as `append` takes it.
+    package static func agentMessage(conversation: UUID, agent: UUID, clientMsgID: String, text: String) -> Parley_V1_AppendMessageRequest {
         var request = Parley_V1_AppendMessageRequest()
         request.conversationID = conversation.uuidString.lowercased()
         request.sender = Sender.agent.rawValue
         request.agentID = agent.uuidString.lowercased()
         request.clientMsgID = clientMsgID
         request.text = text
-        return try await append(request)
+        return request
     }
 }

@@ -75,6 +75,8 @@ def test_visitor_and_agent_chat_in_the_browser(cluster, browsers):
     agent.find_element(By.ID, "send-button").click()
 
     wait(visitor).until(lambda d: any("it ships today" in t for t in texts(d)))
+    # The reply went over the console's live socket: no request to .../messages was made.
+    assert agent.execute_script('return performance.getEntriesByType("resource").filter((e) => e.name.endsWith("/messages")).length') == 0
     # Typing is shown while it happens and never stored as an event.
     count = len(texts(visitor))
     box = agent.find_element(By.ID, "text")

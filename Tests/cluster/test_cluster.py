@@ -447,6 +447,124 @@ def test_agent_websocket_sends_summaries_for_changes_but_not_for_messages(cluste
     ws.close()
 
 
+def agent_socket(cluster, headers, query=""):
+    ws_url = cluster.agent_url().replace("http://", "ws://") + "/v1/agent/ws" + query
+    # The Origin, when there is one, is the test's own, as a browser sends it: one header.
+    return websocket.create_connection(ws_url, header=headers, timeout=15, suppress_origin=True)
+
+
+def answers(ws, wanted):
+    """The ack and error frames of the agent socket for the client_msg_ids in `wanted`, in the
+    order they came; the feed's frames in between are passed over."""
+    got = []
+    while len(got) < len(wanted):
+        frame = json.loads(ws.recv())
+        if frame["type"] in ("ack", "error") and frame["client_msg_id"] in wanted:
+            got.append(frame)
+    return got
+
+
+def test_agent_replies_over_the_websocket_are_stored_once_in_the_order_sent(cluster):
+    visitor, agent = open_conversation(cluster)
+    ws = agent_socket(cluster, [f"Authorization: Bearer {agent.token}"])
+    ids = [f"ws-{n}-{uuid.uuid4()}" for n in range(20)]
+    # Sent back to back, without waiting for answers.
+    for n, client_msg_id in enumerate(ids):
+        ws.send(json.dumps({"type": "message", "conversation_id": visitor.conversation, "client_msg_id": client_msg_id, "text": f"reply {n}"}))
+    acks = {f["client_msg_id"]: f for f in answers(ws, set(ids))}
+    assert all(acks[i]["type"] == "ack" and acks[i]["duplicate"] is False and acks[i]["conversation_id"] == visitor.conversation for i in ids), acks
+    seqs = [acks[i]["seq"] for i in ids]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 20, seqs
+    visitor.poll_until(lambda seen: sum(e["type"] == "message" for e in seen) >= 20)
+    assert [e["text"] for e in visitor.seen if e["type"] == "message"] == [f"reply {n}" for n in range(20)]
+    # The same client_msg_id again: the original seq, nothing stored twice.
+    ws.send(json.dumps({"type": "message", "conversation_id": visitor.conversation, "client_msg_id": ids[3], "text": "reply 3"}))
+    again = answers(ws, {ids[3]})[0]
+    assert again["type"] == "ack" and again["duplicate"] is True and again["seq"] == acks[ids[3]]["seq"]
+    assert cluster.psql(f"SELECT count(*) FROM events WHERE conversation_id = '{visitor.conversation}' AND type = 'message'") == "20"
+    ws.close()
+
+
+def test_agent_websocket_answers_bad_replies_with_errors_and_goes_on(cluster):
+    visitor, agent = open_conversation(cluster)
+    other = Visitor(cluster.lb_url)
+    other.start()  # queued: nobody's
+    ws = agent_socket(cluster, [f"Authorization: Bearer {agent.token}"])
+
+    def reply(**fields):
+        frame = {"type": "message", "conversation_id": visitor.conversation, "client_msg_id": str(uuid.uuid4()), "text": "hi"}
+        frame.update(fields)
+        ws.send(json.dumps({k: v for k, v in frame.items() if v is not None}))
+        return answers(ws, {frame.get("client_msg_id") or ""})[0]
+
+    ws.send("not json")
+    assert answers(ws, {""})[0]["error"]["code"] == "invalid_request"
+    assert reply(type="typing")["error"]["code"] == "invalid_request"
+    assert reply(conversation_id="nope")["error"]["code"] == "invalid_request"
+    assert reply(text="")["error"]["code"] == "invalid_request"
+    assert reply(text="x" * 4001)["error"]["code"] == "invalid_request"
+    assert reply(client_msg_id=None)["error"]["code"] == "invalid_request"
+    assert reply(conversation_id=other.conversation)["error"]["code"] == "not_assigned"
+    assert reply(conversation_id=str(uuid.uuid4()))["error"]["code"] == "not_found"
+    ok = reply(text="still here")
+    assert ok["type"] == "ack", ok
+    visitor.poll_until(lambda seen: any(e.get("text") == "still here" for e in seen))
+    assert [e["text"] for e in visitor.seen if e["type"] == "message"] == ["still here"]
+    # A logout ends the socket's right to send, whatever gateway it went through.
+    assert requests.delete(f"{agent.base}/v1/agent/session", headers=agent.headers, timeout=10).status_code == 200
+    assert wait_until(lambda: reply(text="after logout")["type"] == "error", timeout=10, what="replies refused after logout")
+    assert reply(text="after logout")["error"]["code"] == "unauthorized"
+    assert cluster.psql(f"SELECT count(*) FROM events WHERE conversation_id = '{visitor.conversation}' AND type = 'message'") == "1"
+    ws.close()
+
+
+def test_an_agent_socket_without_events_carries_only_its_answers(cluster):
+    visitor, agent = open_conversation(cluster)
+    bearer = f"Authorization: Bearer {agent.token}"
+    try:
+        agent_socket(cluster, [bearer], "?events=some")
+        assert False, "an unknown events value must refuse the upgrade"
+    except websocket.WebSocketBadStatusException as refused:
+        assert refused.status_code >= 400
+    ws = agent_socket(cluster, [bearer], "?events=none")
+    feed = agent_socket(cluster, [bearer])
+    for n in range(3):
+        assert visitor.send(f"question {n}").status_code == 201
+        ws.send(json.dumps({"type": "message", "conversation_id": visitor.conversation, "client_msg_id": f"a{n}", "text": f"answer {n}"}))
+        # The next frame is the answer: the visitor's message and the reply itself are events, which this socket does not carry.
+        frame = json.loads(ws.recv())
+        assert frame["type"] == "ack" and frame["client_msg_id"] == f"a{n}", frame
+    # The feed socket of the same agent did carry them: six messages, in order.
+    seen = []
+    while len(seen) < 6:
+        frame = json.loads(feed.recv())
+        if frame["type"] == "event" and frame["event"]["type"] == "message":
+            seen.append(frame["event"]["text"])
+    assert seen == [t for n in range(3) for t in (f"question {n}", f"answer {n}")]
+    ws.close()
+    feed.close()
+
+
+def test_a_cookie_authenticated_agent_socket_sends_only_from_the_console_origin(cluster):
+    visitor, agent = open_conversation(cluster)
+    host = cluster.agent_url().removeprefix("http://")
+    cookie = f"Cookie: parley_agent_session={agent.token}"
+    frame = {"type": "message", "conversation_id": visitor.conversation, "text": "from a page"}
+    foreign = agent_socket(cluster, [cookie, "Origin: https://elsewhere.example"])
+    foreign.send(json.dumps({**frame, "client_msg_id": "foreign"}))
+    assert answers(foreign, {"foreign"})[0]["error"]["code"] == "forbidden"
+    foreign.close()
+    no_origin = agent_socket(cluster, [cookie])
+    no_origin.send(json.dumps({**frame, "client_msg_id": "no-origin"}))
+    assert answers(no_origin, {"no-origin"})[0]["error"]["code"] == "forbidden"
+    no_origin.close()
+    console = agent_socket(cluster, [cookie, f"Origin: http://{host}"])
+    console.send(json.dumps({**frame, "client_msg_id": "console"}))
+    assert answers(console, {"console"})[0]["type"] == "ack"
+    console.close()
+    assert cluster.psql(f"SELECT count(*) FROM events WHERE conversation_id = '{visitor.conversation}' AND type = 'message'") == "1"
+
+
 def test_kill_the_pinned_node_and_the_visitor_goes_on_elsewhere(cluster):
     visitor, agent = open_conversation(cluster)
     for n in range(3):

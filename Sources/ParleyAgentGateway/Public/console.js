@@ -334,11 +334,39 @@ function setPendingState(p, text, failed = false) {
   p.el.querySelector(".state").textContent = text;
   p.el.classList.toggle("failed", failed);
 }
+// Replies go over the live socket when it is open (answered by an ack or error frame), else by
+// POST; a retry sends the same client_msg_id either way, so nothing is stored twice.
+const answers = new Map(); // client_msg_id -> { resolve, reject, timer }
+const statusOf = { unauthorized: 401, forbidden: 403, not_assigned: 403, not_found: 404, conversation_closed: 409,
+  payload_too_large: 413, rate_limited: 429, unavailable: 503 };
+function replyOverSocket(convId, id, text) {
+  const ws = sock.ws;
+  if (!ws || ws.readyState !== WebSocket.OPEN) return null;
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { answers.delete(id); reject(new ApiError(0, "timeout", "No answer from the server")); }, 10000);
+    answers.set(id, { resolve, reject, timer });
+    ws.send(JSON.stringify({ type: "message", conversation_id: convId, client_msg_id: id, text }));
+  });
+}
+function onAnswer(f) {
+  const a = answers.get(f.client_msg_id);
+  if (!a) return;
+  answers.delete(f.client_msg_id);
+  clearTimeout(a.timer);
+  if (f.type === "ack") return a.resolve(f);
+  const code = f.error?.code || "error";
+  if (code === "unauthorized" && me) queueMicrotask(() => showLogin("Your session has expired. Please sign in again."));
+  a.reject(new ApiError(statusOf[code] || 400, code, f.error?.message));
+}
+function dropAnswers() {
+  for (const [id, a] of answers) { clearTimeout(a.timer); a.reject(new ApiError(0, "network", "Connection lost")); }
+  answers.clear();
+}
 async function deliver(th, id) {
   for (let attempt = 1; th.pending.has(id); attempt++) {
     const p = th.pending.get(id);
     try {
-      const r = await api("POST", `${convPath(th.id)}/messages`, { client_msg_id: id, text: p.text });
+      const r = await (replyOverSocket(th.id, id, p.text) ?? api("POST", `${convPath(th.id)}/messages`, { client_msg_id: id, text: p.text }));
       if (th.pending.has(id) && Number.isInteger(r.seq)) {
         ingest(th, { seq: r.seq, type: "message", sender: "agent", text: p.text, client_msg_id: id, created_at: r.created_at,
           agent: { id: me?.id, name: me?.name } });
@@ -392,7 +420,7 @@ function connectWs() {
     resync();
   };
   ws.onmessage = (e) => { if (gen === sock.gen) handleFrame(e.data); };
-  ws.onclose = () => scheduleReconnect(gen, openedAt);
+  ws.onclose = () => { if (gen === sock.gen) dropAnswers(); scheduleReconnect(gen, openedAt); };
 }
 function scheduleReconnect(gen, openedAt) {
   if (gen !== sock.gen || !me) return;
@@ -405,6 +433,7 @@ function scheduleReconnect(gen, openedAt) {
 }
 function stopWs() {
   sock.gen++;
+  dropAnswers();
   clearTimeout(sock.timer);
   sock.ws?.close();
   sock.ws = null;
@@ -417,6 +446,7 @@ function handleFrame(raw) {
   else if (f?.type === "event" && f.conversation_id && f.event) onLiveEvent(f.conversation_id, f.event);
   else if (f?.type === "typing" && f.conversation_id && f.sender === "visitor") setVisitorTyping(f.conversation_id, true);
   else if (f?.type === "resync") resync();
+  else if ((f?.type === "ack" || f?.type === "error") && f.client_msg_id) onAnswer(f);
 }
 function onLiveEvent(id, ev) {
   if ((ev.type === "message" && ev.sender === "visitor") || ev.type === "closed") setVisitorTyping(id, false);

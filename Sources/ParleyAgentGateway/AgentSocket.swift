@@ -1,0 +1,155 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdWebSocket
+import ParleyCore
+import ParleyRPC
+import Synchronization
+
+/// One agent's WebSocket (`/v1/agent/ws`): the cluster's events out, and the agent's replies in.
+///
+/// A reply is a frame `{"type":"message","conversation_id","client_msg_id","text"}`, checked as
+/// the `POST …/messages` body is, and answered by an `ack` (`seq`, `created_at`, `duplicate`)
+/// or an `error` frame that names its `client_msg_id`. Replies are queued for the relay in the
+/// order their frames came, without waiting for each answer, so a console's replies to one
+/// conversation are stored in the order it sent them, and a busy agent is not held to one
+/// commit at a time. The session is checked again for every reply, as for every request: a
+/// logout elsewhere stops the socket's replies within the session cache's second.
+struct AgentSocket: Sendable {
+    /// Replies sent and not yet answered, per socket; past it, a reply is refused as `rate_limited`.
+    static let maxUnanswered = 256
+
+    let api: AgentAPI
+    let token: String
+    /// Why this socket may not send replies, if it may not: a cookie-authenticated socket opened
+    /// from another origin (the session cookie is `SameSite=Strict`, and this is the second lock).
+    let refusal: ParleyError?
+
+    /// Whether a socket authenticated by its request may send: Bearer tokens always; the cookie
+    /// only from the console's own origin.
+    static func refusal(for request: Request) -> ParleyError? {
+        if let header = request.headers[.authorization], header.hasPrefix("Bearer ") { return nil }
+        let origins = request.headers[values: .origin]
+        guard let host = request.head.authority, !origins.isEmpty,
+            origins.allSatisfy({ $0 == "https://\(host)" || $0 == "http://\(host)" })
+        else {
+            return ParleyError(.forbidden, "a cookie-authenticated socket sends only from the console's own origin")
+        }
+        return nil
+    }
+
+    struct Inbound: Decodable {
+        var type: String?
+        var conversationID: String?
+        var clientMsgID: String?
+        var text: String?
+        enum CodingKeys: String, CodingKey {
+            case type, text
+            case conversationID = "conversation_id"
+            case clientMsgID = "client_msg_id"
+        }
+    }
+
+    /// Whether the socket carries the feed's events (`?events=none` turns them off).
+    let events: Bool
+
+    /// Reads `events` from the upgrade request: `all` (the default) or `none`.
+    static func events(for request: Request) throws -> Bool {
+        switch request.uri.queryParameters["events"].map(String.init) {
+        case nil, "all": true
+        case "none": false
+        default: throw ParleyError(.invalidRequest, "events must be all or none")
+        }
+    }
+
+    func run(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async throws {
+        let (id, frames, out) = api.feed.subscribe(events: events)
+        defer { api.feed.unsubscribe(id, out) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await frame in frames { try await outbound.write(.text(frame)) }
+            }
+            group.addTask {
+                let unanswered = Unanswered()
+                for try await message in inbound.messages(maxSize: Limits.requestBodyMaxBytes) {
+                    guard case .text(let text) = message else {
+                        out.yield(Self.error(nil, nil, ParleyError(.invalidRequest, "frames must be JSON objects with a type")))
+                        continue
+                    }
+                    await receive(text, unanswered: unanswered, out: out)
+                }
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func receive(_ text: String, unanswered: Unanswered, out: AsyncStream<String>.Continuation) async {
+        guard let frame = try? JSONDecoder().decode(Inbound.self, from: Data(text.utf8)), let type = frame.type else {
+            out.yield(Self.error(nil, nil, ParleyError(.invalidRequest, "frames must be JSON objects with a type")))
+            return
+        }
+        guard type == "message" else {
+            out.yield(Self.error(nil, frame.clientMsgID, ParleyError(.invalidRequest, "an agent socket takes frames of type message")))
+            return
+        }
+        let conversation = frame.conversationID
+        do {
+            if let refusal { throw refusal }
+            guard let raw = conversation, let id = UUID(uuidString: raw) else {
+                throw ParleyError(.invalidRequest, "conversation_id must be a conversation's id")
+            }
+            let clientMsgID = try Validate.clientMsgID(frame.clientMsgID)
+            let text = try Validate.text(frame.text)
+            guard let agent = try await api.sessions.agent(forSession: token, lookup: api.agents.agent(forSession:)) else {
+                throw ParleyError(.unauthorized, "the session has ended; log in again")
+            }
+            guard unanswered.take() else {
+                throw ParleyError(.rateLimited, "more than \(Self.maxUnanswered) replies wait for their answer; wait for some")
+            }
+            let request = RelayLink.agentMessage(conversation: id, agent: agent.id, clientMsgID: clientMsgID, text: text)
+            api.relay.append(request) { result in
+                unanswered.release()
+                switch result {
+                case .success(let stored):
+                    out.yield(
+                        #"{"type":"ack","conversation_id":"\#(id.uuidString.lowercased())","client_msg_id":\#(Self.quote(clientMsgID)),"seq":\#(stored.seq),"created_at":"\#(Timestamp.format(stored.createdAtMs))","duplicate":\#(stored.duplicate)}"#
+                    )
+                case .failure(let error as ParleyError):
+                    out.yield(Self.error(conversation, clientMsgID, error))
+                case .failure:
+                    // Not stored as far as this gateway knows: the console sends it again, with the same id.
+                    out.yield(Self.error(conversation, clientMsgID, ParleyError(.unavailable, "the message could not be stored; send it again")))
+                }
+            }
+        } catch let error as ParleyError {
+            out.yield(Self.error(conversation, frame.clientMsgID, error))
+        } catch {
+            out.yield(Self.error(conversation, frame.clientMsgID, ParleyError(.unavailable, "the message could not be stored; send it again")))
+        }
+    }
+
+    static func error(_ conversation: String?, _ clientMsgID: String?, _ error: ParleyError) -> String {
+        #"{"type":"error","conversation_id":\#(quote(conversation ?? "")),"client_msg_id":\#(quote(clientMsgID ?? "")),"error":{"code":"\#(error.code.rawValue)","message":\#(quote(error.message))}}"#
+    }
+
+    static func quote(_ string: String) -> String {
+        String(decoding: (try? JSONEncoder().encode(string)) ?? Data("\"\"".utf8), as: UTF8.self)
+    }
+}
+
+/// A socket's replies waiting for their answer.
+private final class Unanswered: Sendable {
+    private let count = Atomic<Int>(0)
+
+    /// Counts one more; false, counting nothing, when `AgentSocket.maxUnanswered` wait already.
+    func take() -> Bool {
+        guard count.add(1, ordering: .relaxed).newValue <= AgentSocket.maxUnanswered else {
+            count.subtract(1, ordering: .relaxed)
+            return false
+        }
+        return true
+    }
+
+    func release() { count.subtract(1, ordering: .relaxed) }
+}
