@@ -193,7 +193,7 @@ struct AgentAPI: Sendable {
             // The upgrade was authenticated a moment ago: this finds the session in the cache.
             let (_, token) = try await authenticate(context.request, context.requestContext)
             let socket = AgentSocket(
-                api: self, token: token, refusal: AgentSocket.refusal(for: context.request), events: try AgentSocket.events(for: context.request))
+                api: self, token: token, refusal: AgentSocket.refusal(for: context.request, secureCookies: secureCookies), events: try AgentSocket.events(for: context.request))
             try await socket.run(inbound: inbound, outbound: outbound)
         }
     }

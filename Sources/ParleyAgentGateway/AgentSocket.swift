@@ -11,12 +11,13 @@ import Synchronization
 /// A reply is a frame `{"type":"message","conversation_id","client_msg_id","text"}`, checked as
 /// the `POST …/messages` body is, and answered by an `ack` (`seq`, `created_at`, `duplicate`)
 /// or an `error` frame that names its `client_msg_id`. Replies are queued for the relay in the
-/// order their frames came, without waiting for each answer, so a console's replies to one
-/// conversation are stored in the order it sent them, and a busy agent is not held to one
-/// commit at a time. The session is checked again for every reply, as for every request: a
-/// logout elsewhere stops the socket's replies within the session cache's second.
+/// order their frames came, without waiting for each answer, so a busy agent is not held to one
+/// commit at a time; once `maxUnanswered` wait, the socket reads no more frames until one is
+/// answered, and TCP holds the client back. The session is checked again for every reply, as
+/// for every request: a logout elsewhere stops the socket's replies within the session cache's
+/// second.
 struct AgentSocket: Sendable {
-    /// Replies sent and not yet answered, per socket; past it, a reply is refused as `rate_limited`.
+    /// Replies sent and not yet answered, per socket; past it the socket stops reading.
     static let maxUnanswered = 256
 
     let api: AgentAPI
@@ -26,12 +27,13 @@ struct AgentSocket: Sendable {
     let refusal: ParleyError?
 
     /// Whether a socket authenticated by its request may send: Bearer tokens always; the cookie
-    /// only from the console's own origin.
-    static func refusal(for request: Request) -> ParleyError? {
+    /// only from the console's own origin, `https://` + its host when cookies are `Secure`
+    /// (`secure.cookies`), else that or `http://` + its host.
+    static func refusal(for request: Request, secureCookies: Bool) -> ParleyError? {
         if let header = request.headers[.authorization], header.hasPrefix("Bearer ") { return nil }
         let origins = request.headers[values: .origin]
         guard let host = request.head.authority, !origins.isEmpty,
-            origins.allSatisfy({ $0 == "https://\(host)" || $0 == "http://\(host)" })
+            origins.allSatisfy({ $0 == "https://\(host)" || (!secureCookies && $0 == "http://\(host)") })
         else {
             return ParleyError(.forbidden, "a cookie-authenticated socket sends only from the console's own origin")
         }
@@ -89,14 +91,17 @@ struct AgentSocket: Sendable {
             out.yield(Self.error(nil, nil, ParleyError(.invalidRequest, "frames must be JSON objects with a type")))
             return
         }
+        // Answers name the reply only by ids that passed their checks: a client cannot make the
+        // gateway hold copies of large strings it never reads.
+        let conversation = frame.conversationID.flatMap(UUID.init(uuidString:))?.uuidString.lowercased()
+        let echoedID = (try? Validate.clientMsgID(frame.clientMsgID)) ?? ""
         guard type == "message" else {
-            out.yield(Self.error(nil, frame.clientMsgID, ParleyError(.invalidRequest, "an agent socket takes frames of type message")))
+            out.yield(Self.error(conversation, echoedID, ParleyError(.invalidRequest, "an agent socket takes frames of type message")))
             return
         }
-        let conversation = frame.conversationID
         do {
             if let refusal { throw refusal }
-            guard let raw = conversation, let id = UUID(uuidString: raw) else {
+            guard let conversation, let id = UUID(uuidString: conversation) else {
                 throw ParleyError(.invalidRequest, "conversation_id must be a conversation's id")
             }
             let clientMsgID = try Validate.clientMsgID(frame.clientMsgID)
@@ -104,9 +109,7 @@ struct AgentSocket: Sendable {
             guard let agent = try await api.sessions.agent(forSession: token, lookup: api.agents.agent(forSession:)) else {
                 throw ParleyError(.unauthorized, "the session has ended; log in again")
             }
-            guard unanswered.take() else {
-                throw ParleyError(.rateLimited, "more than \(Self.maxUnanswered) replies wait for their answer; wait for some")
-            }
+            await unanswered.take()
             let request = RelayLink.agentMessage(conversation: id, agent: agent.id, clientMsgID: clientMsgID, text: text)
             api.relay.append(request) { result in
                 unanswered.release()
@@ -118,14 +121,14 @@ struct AgentSocket: Sendable {
                 case .failure(let error as ParleyError):
                     out.yield(Self.error(conversation, clientMsgID, error))
                 case .failure:
-                    // Not stored as far as this gateway knows: the console sends it again, with the same id.
-                    out.yield(Self.error(conversation, clientMsgID, ParleyError(.unavailable, "the message could not be stored; send it again")))
+                    // Maybe stored, maybe not: sent again with the same id, it is stored once.
+                    out.yield(Self.error(conversation, clientMsgID, ParleyError(.unavailable, "the message may not have been stored; send it again")))
                 }
             }
         } catch let error as ParleyError {
-            out.yield(Self.error(conversation, frame.clientMsgID, error))
+            out.yield(Self.error(conversation, echoedID, error))
         } catch {
-            out.yield(Self.error(conversation, frame.clientMsgID, ParleyError(.unavailable, "the message could not be stored; send it again")))
+            out.yield(Self.error(conversation, echoedID, ParleyError(.unavailable, "the message may not have been stored; send it again")))
         }
     }
 
@@ -138,18 +141,36 @@ struct AgentSocket: Sendable {
     }
 }
 
-/// A socket's replies waiting for their answer.
+/// A socket's replies waiting for their answer: a counting semaphore for its one reader.
 private final class Unanswered: Sendable {
-    private let count = Atomic<Int>(0)
+    private let state = Mutex<(count: Int, waiter: CheckedContinuation<Void, Never>?)>((0, nil))
 
-    /// Counts one more; false, counting nothing, when `AgentSocket.maxUnanswered` wait already.
-    func take() -> Bool {
-        guard count.add(1, ordering: .relaxed).newValue <= AgentSocket.maxUnanswered else {
-            count.subtract(1, ordering: .relaxed)
-            return false
+    /// Counts one more, first waiting while `AgentSocket.maxUnanswered` wait already. The
+    /// relay answers every reply, or fails it within its call timeout, so the wait ends.
+    func take() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { state -> Bool in
+                if state.count < AgentSocket.maxUnanswered {
+                    state.count += 1
+                    return true
+                }
+                state.waiter = continuation
+                return false
+            }
+            if now { continuation.resume() }
         }
-        return true
     }
 
-    func release() { count.subtract(1, ordering: .relaxed) }
+    /// One was answered: its place goes to the waiting reply, if there is one.
+    func release() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if let waiter = state.waiter {
+                state.waiter = nil
+                return waiter
+            }
+            state.count -= 1
+            return nil
+        }
+        waiter?.resume()
+    }
 }

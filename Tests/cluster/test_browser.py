@@ -71,6 +71,8 @@ def test_visitor_and_agent_chat_in_the_browser(cluster, browsers):
     item.click()
     wait(agent).until(EC.element_to_be_clickable((By.ID, "claim-button"))).click()
     wait(agent).until(lambda d: any(markup in t for t in texts(d)))
+    # The console's socket is live: the reply goes over it.
+    wait(agent).until(lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "live")
     wait(agent).until(EC.element_to_be_clickable((By.ID, "text"))).send_keys("Hi Vic, it ships today")
     agent.find_element(By.ID, "send-button").click()
 

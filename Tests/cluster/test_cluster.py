@@ -453,11 +453,13 @@ def agent_socket(cluster, headers, query=""):
     return websocket.create_connection(ws_url, header=headers, timeout=15, suppress_origin=True)
 
 
-def answers(ws, wanted):
+def answers(ws, wanted, timeout=20):
     """The ack and error frames of the agent socket for the client_msg_ids in `wanted`, in the
     order they came; the feed's frames in between are passed over."""
     got = []
+    deadline = time.monotonic() + timeout
     while len(got) < len(wanted):
+        assert time.monotonic() < deadline, f"answers for {wanted} did not all come: {got}"
         frame = json.loads(ws.recv())
         if frame["type"] in ("ack", "error") and frame["client_msg_id"] in wanted:
             got.append(frame)
@@ -541,6 +543,10 @@ def test_an_agent_socket_without_events_carries_only_its_answers(cluster):
         if frame["type"] == "event" and frame["event"]["type"] == "message":
             seen.append(frame["event"]["text"])
     assert seen == [t for n in range(3) for t in (f"question {n}", f"answer {n}")]
+    # Those events were all out before this reply: had the socket carried them, they would come first.
+    ws.send(json.dumps({"type": "message", "conversation_id": visitor.conversation, "client_msg_id": "last", "text": "last"}))
+    frame = json.loads(ws.recv())
+    assert frame["type"] == "ack" and frame["client_msg_id"] == "last", frame
     ws.close()
     feed.close()
 

@@ -21,7 +21,7 @@ const threads = new Map();  // id -> { id, events, cursor, highest, pending, con
 let tab = "queued";
 let selectedId = null;
 let listsGen = 0;
-const sock = { ws: null, gen: 0, timer: null, attempts: 0 };
+const sock = { ws: null, gen: 0, timer: null, attempts: 0, noReplies: false };
 const visitorTyping = new Map(); // conversation id -> timer that ends its "Visitor is typing…"
 const typingSent = { id: null, at: 0 }; // when we last signalled our own typing, and where
 
@@ -341,11 +341,15 @@ const statusOf = { unauthorized: 401, forbidden: 403, not_assigned: 403, not_fou
   payload_too_large: 413, rate_limited: 429, unavailable: 503 };
 function replyOverSocket(convId, id, text) {
   const ws = sock.ws;
-  if (!ws || ws.readyState !== WebSocket.OPEN) return null;
+  if (!ws || ws.readyState !== WebSocket.OPEN || sock.noReplies) return null;
+  const frame = JSON.stringify({ type: "message", conversation_id: convId, client_msg_id: id, text });
+  // A frame over the socket's 32 kB limit would close it; POST answers such a reply with 413.
+  if (new TextEncoder().encode(frame).length > 32000) return null;
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { answers.delete(id); reject(new ApiError(0, "timeout", "No answer from the server")); }, 10000);
+    // Longer than the gateway's own wait for the relay, so that a slow answer is not sent twice.
+    const timer = setTimeout(() => { answers.delete(id); reject(new ApiError(0, "timeout", "No answer from the server")); }, 20000);
     answers.set(id, { resolve, reject, timer });
-    ws.send(JSON.stringify({ type: "message", conversation_id: convId, client_msg_id: id, text }));
+    ws.send(frame);
   });
 }
 function onAnswer(f) {
@@ -356,7 +360,9 @@ function onAnswer(f) {
   if (f.type === "ack") return a.resolve(f);
   const code = f.error?.code || "error";
   if (code === "unauthorized" && me) queueMicrotask(() => showLogin("Your session has expired. Please sign in again."));
-  a.reject(new ApiError(statusOf[code] || 400, code, f.error?.message));
+  const err = new ApiError(statusOf[code] || 400, code, f.error?.message);
+  err.socket = true;
+  a.reject(err);
 }
 function dropAnswers() {
   for (const [id, a] of answers) { clearTimeout(a.timer); a.reject(new ApiError(0, "network", "Connection lost")); }
@@ -374,6 +380,8 @@ async function deliver(th, id) {
       return;
     } catch (e) {
       if (!th.pending.has(id) || e.status === 401) return;
+      // The socket takes no replies here (a proxy that changes the Host, say): POST from now on.
+      if (e.socket && e.code === "forbidden") { sock.noReplies = true; continue; }
       if (!retryable(e)) {
         const msg = e.code === "not_assigned" ? "This conversation is not assigned to you" : e.message || "Message not sent";
         setPendingState(p, `Not sent: ${msg}`, true);
