@@ -109,7 +109,7 @@ struct AgentAPI: Sendable {
                 throw ParleyError(.invalidRequest, "limit must be an integer from 1 to \(Limits.maxEventsPerRead)")
             }
             let page = try await queries.events(conversationID: try conversationID(context), after: after, limit: limit)
-            return try JSONBody.response(EventsPage(events: page.events, lastSeq: page.lastSeq, more: page.more))
+            return EventsPage(events: page.events, lastSeq: page.lastSeq, more: page.more).response()
         }
         api.post("conversations/:id/messages") { request, context in
             let (agent, _) = try await authenticate(request, context, stateChanging: true)

@@ -148,8 +148,7 @@ final class AgentFeed: Service, Sendable {
                     let page = try await queries.events(conversationID: id, after: from - 1, limit: Int(min(to - from + 1, 500)))
                     var changed = false
                     for event in page.events where event.seq <= to {
-                        let json = String(decoding: try JSONBody.encoder.encode(event), as: UTF8.self)
-                        broadcast(#"{"type":"event","conversation_id":"\#(id.uuidString.lowercased())","event":\#(json)}"#)
+                        broadcast(#"{"type":"event","conversation_id":"\#(id.uuidString.lowercased())","event":\#(event.json)}"#)
                         // Claims, transfers and closes change the status or the agent: a summary follows.
                         if event.type != ConversationEvent.Kind.message { changed = true }
                     }

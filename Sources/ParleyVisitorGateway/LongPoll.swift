@@ -107,7 +107,7 @@ final class LongPollHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var body: Data
         switch result {
         case .success(let page):
-            body = (try? JSONBody.encoder.encode(page)) ?? Data()
+            body = Data(page.json.utf8)
             head = HTTPResponse(status: .ok, headerFields: SecurityHeadersMiddleware<VisitorRequestContext>.fields)
             head.headerFields[.contentType] = "application/json"
             head.headerFields[.cacheControl] = "no-store"

@@ -4,6 +4,7 @@ import ParleyCore
 import ParleyRPC
 import ParleyRuntime
 import ServiceLifecycle
+import Synchronization
 
 /// Registers this visitor gateway through the relay and heartbeats; follows the registry's
 /// drain state (health fails, visitors are told to move) and the relay's resync requests.
@@ -17,7 +18,7 @@ struct NodeLifecycle: Service {
     let logger: Logger
 
     func run() async throws {
-        try await withGracefulShutdownHandler {
+        await withGracefulShutdownHandler {
             // Every relay hears from this node itself: each keeps its own resync requests and
             // instance id, and any of them may be the one delivering to this node.
             await withTaskGroup(of: Void.self) { group in
@@ -48,7 +49,8 @@ struct NodeLifecycle: Service {
                 request.node = node
                 request.node.connections = Int64(connections.current)
                 request.heartbeat = registered
-                let response = try await link.register(request)
+                let registration = request
+                let response = try await untilCancelled { try await link.register(registration) }
                 if !registered { logger.info("registered with the relay") }
                 registered = true
                 apply(draining: response.draining || response.removed)
@@ -91,5 +93,63 @@ struct NodeLifecycle: Service {
         default:
             break
         }
+    }
+}
+
+/// Runs `call` in a task of its own and returns its result, or throws `CancellationError` as soon
+/// as the caller is cancelled, leaving the call behind. A registration made while the gRPC
+/// client was starting, when a sibling service failed and cancelled the group, could wait for
+/// ever, past its deadline and its cancellation, and keep the process from exiting (one start
+/// in three or four of `test_a_gateway_that_cannot_start_exits_instead_of_hanging`).
+func untilCancelled<T: Sendable>(_ call: @escaping @Sendable () async throws -> T) async throws -> T {
+    // Whichever comes first, the call's result or the cancellation, settles the wait once.
+    let race = Race<T>()
+    let task = Task {
+        do { race.settle(.success(try await call())) } catch { race.settle(.failure(error)) }
+    }
+    return try await withTaskCancellationHandler {
+        try await withCheckedThrowingContinuation { race.wait($0) }
+    } onCancel: {
+        task.cancel()
+        race.settle(.failure(CancellationError()))
+    }
+}
+
+private final class Race<T: Sendable>: Sendable {
+    private enum State {
+        case open
+        case waiting(CheckedContinuation<T, any Error>)
+        case settled(Result<T, any Error>)
+        case done
+    }
+
+    private let state = Mutex(State.open)
+
+    func wait(_ continuation: CheckedContinuation<T, any Error>) {
+        let settled: Result<T, any Error>? = state.withLock { state in
+            guard case .settled(let result) = state else {
+                state = .waiting(continuation)
+                return nil
+            }
+            state = .done
+            return result
+        }
+        if let settled { continuation.resume(with: settled) }
+    }
+
+    func settle(_ result: Result<T, any Error>) {
+        let waiting: CheckedContinuation<T, any Error>? = state.withLock { state in
+            switch state {
+            case .open:
+                state = .settled(result)
+                return nil
+            case .waiting(let continuation):
+                state = .done
+                return continuation
+            case .settled, .done:
+                return nil
+            }
+        }
+        waiting?.resume(with: result)
     }
 }

@@ -163,7 +163,7 @@ struct VisitorAPI: Sendable {
         connections.opened(connected)
         defer { connections.closed(connected) }
         let page = try await read(id, after: after, wait: .seconds(wait))
-        return try JSONBody.response(page, headers: nodeCookie())
+        return page.response(headers: nodeCookie())
     }
 
     /// Reads after a cursor from memory, waiting up to `wait`; older history comes from the relay.
@@ -233,8 +233,7 @@ struct VisitorAPI: Sendable {
                     }
                     var chunk = ""
                     for event in page.events {
-                        let json = String(decoding: try JSONBody.encoder.encode(event), as: UTF8.self)
-                        chunk += "id: \(event.seq)\ndata: \(json)\n\n"
+                        chunk += "id: \(event.seq)\ndata: \(event.json)\n\n"
                         after = event.seq
                     }
                     try await writer.write(ByteBuffer(string: chunk))
@@ -258,7 +257,7 @@ struct VisitorAPI: Sendable {
         guard let log = hub.existing(id) else { return nil }
         let (latest, event) = log.ephemeral(after: generation)
         generation = latest
-        return event.flatMap { try? JSONBody.encoder.encode($0) }.map { String(decoding: $0, as: UTF8.self) }
+        return event?.json
     }
 
     static func quote(_ string: String) -> String {

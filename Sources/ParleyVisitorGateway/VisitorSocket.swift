@@ -417,7 +417,7 @@ final class VisitorSocket: Sendable {
                 var frames: [String] = []
                 if let signal = api.ephemeral(id, after: &newTyping) { frames.append(signal) }
                 for event in page.events {
-                    frames.append(String(decoding: try JSONBody.encoder.encode(event), as: UTF8.self))
+                    frames.append(event.json)
                     last = event.seq
                 }
                 state.withLock { state in
