@@ -93,7 +93,8 @@ struct AgentSocket: Sendable {
         }
         // Answers name the reply only by ids that passed their checks: a client cannot make the
         // gateway hold copies of large strings it never reads.
-        let conversation = frame.conversationID.flatMap(UUID.init(uuidString:))?.uuidString.lowercased()
+        let conversationID = frame.conversationID.flatMap(UUID.init(uuidString:))
+        let conversation = conversationID?.uuidString.lowercased()
         let echoedID = (try? Validate.clientMsgID(frame.clientMsgID)) ?? ""
         guard type == "message" else {
             out.yield(Self.error(conversation, echoedID, ParleyError(.invalidRequest, "an agent socket takes frames of type message")))
@@ -101,7 +102,7 @@ struct AgentSocket: Sendable {
         }
         do {
             if let refusal { throw refusal }
-            guard let conversation, let id = UUID(uuidString: conversation) else {
+            guard let id = conversationID else {
                 throw ParleyError(.invalidRequest, "conversation_id must be a conversation's id")
             }
             let clientMsgID = try Validate.clientMsgID(frame.clientMsgID)
@@ -116,7 +117,7 @@ struct AgentSocket: Sendable {
                 switch result {
                 case .success(let stored):
                     out.yield(
-                        #"{"type":"ack","conversation_id":"\#(id.uuidString.lowercased())","client_msg_id":\#(Self.quote(clientMsgID)),"seq":\#(stored.seq),"created_at":"\#(Timestamp.format(stored.createdAtMs))","duplicate":\#(stored.duplicate)}"#
+                        #"{"type":"ack","conversation_id":"\#(id.uuidString.lowercased())","client_msg_id":\#(JSONText.quoted(clientMsgID)),"seq":\#(stored.seq),"created_at":"\#(Timestamp.format(stored.createdAtMs))","duplicate":\#(stored.duplicate)}"#
                     )
                 case .failure(let error as ParleyError):
                     out.yield(Self.error(conversation, clientMsgID, error))
@@ -133,11 +134,7 @@ struct AgentSocket: Sendable {
     }
 
     static func error(_ conversation: String?, _ clientMsgID: String?, _ error: ParleyError) -> String {
-        #"{"type":"error","conversation_id":\#(quote(conversation ?? "")),"client_msg_id":\#(quote(clientMsgID ?? "")),"error":{"code":"\#(error.code.rawValue)","message":\#(quote(error.message))}}"#
-    }
-
-    static func quote(_ string: String) -> String {
-        String(decoding: (try? JSONEncoder().encode(string)) ?? Data("\"\"".utf8), as: UTF8.self)
+        #"{"type":"error","conversation_id":\#(JSONText.quoted(conversation ?? "")),"client_msg_id":\#(JSONText.quoted(clientMsgID ?? "")),"error":{"code":"\#(error.code.rawValue)","message":\#(JSONText.quoted(error.message))}}"#
     }
 }
 

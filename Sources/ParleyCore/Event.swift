@@ -212,5 +212,12 @@ public enum JSONText {
         out += String(decoding: bytes, as: UTF8.self)
     }
 
+    /// `string` as a quoted JSON string.
+    public static func quoted(_ string: String) -> String {
+        var out = ""
+        append(string, to: &out)
+        return out
+    }
+
     private static let hex = Array("0123456789abcdef".utf8)
 }
